@@ -1,0 +1,78 @@
+//! Stable, machine-readable error codes shared by the CLI (`--json`), the script
+//! driver and the HTTP API. Each layer keeps its own error enum with context; this is
+//! the one vocabulary they all map to.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A malformed option, field or value in the request.
+    InvalidArgument,
+    /// A limit outside the allowed range.
+    InvalidLimit,
+    /// A host file named in the request could not be read.
+    InputUnreadable,
+    /// An input or output path that is not allowed (outside the sandbox, into /proc, ...).
+    InvalidPath,
+    /// No image with that name or digest is in the store.
+    ImageNotFound,
+    /// The image file or layout is malformed, hostile, or fails verification.
+    ImageInvalid,
+    /// The image store is being changed by another process.
+    StoreBusy,
+    /// The command does not exist in the image.
+    CommandNotFound,
+    /// The command exists but cannot be executed.
+    CommandNotExecutable,
+    /// The sandbox could not be created (kernel feature missing, not root, ...).
+    SandboxSetup,
+    /// A host I/O error.
+    Io,
+    /// A bug in runbox.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::InvalidLimit => "invalid_limit",
+            ErrorCode::InputUnreadable => "input_unreadable",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::ImageInvalid => "image_invalid",
+            ErrorCode::StoreBusy => "store_busy",
+            ErrorCode::CommandNotFound => "command_not_found",
+            ErrorCode::CommandNotExecutable => "command_not_executable",
+            ErrorCode::SandboxSetup => "sandbox_setup",
+            ErrorCode::Io => "io",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The exit code `runbox` uses for this error. Codes 125-127 are reserved the way
+    /// `docker run` reserves them, so they cannot be confused with a program's own
+    /// exit codes: 126 command not executable, 127 command not found, 125 any other
+    /// runbox error.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorCode::CommandNotFound => 127,
+            ErrorCode::CommandNotExecutable => 126,
+            _ => 125,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error object printed by `--json` and returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
