@@ -1,1 +1,100 @@
-//! placeholder
+//! Sandboxes: the [`Backend`] trait and the `namespace` backend (Linux namespaces,
+//! cgroups, seccomp, an overlay of the image's layers on a size-capped tmpfs).
+//!
+//! A backend takes a [`JobPlan`] (what to run, already validated by [`plan::plan`])
+//! and returns a [`JobResult`]. The trait is shaped so a `microvm` backend (a VMM
+//! booting a kernel with an in-guest agent) can implement it too: nothing here
+//! exposes cgroup paths or namespaces.
+
+pub mod cgroup;
+pub mod namespace;
+pub mod plan;
+pub mod seccomp;
+pub mod user;
+
+use std::io;
+
+use runbox_core::{ErrorCode, JobResult};
+
+pub use namespace::{NamespaceBackend, NamespaceConfig, SweepReport};
+pub use plan::{plan, ImageDefaults, JobPlan, PlanError, RunImage};
+
+/// Live events of a running job. Every method has a no-op default.
+pub trait JobEvents {
+    /// The program was executed.
+    fn started(&mut self) {}
+    /// Bytes the program wrote to stdout (only those kept within the output limit).
+    fn stdout(&mut self, _chunk: &[u8]) {}
+    fn stderr(&mut self, _chunk: &[u8]) {}
+}
+
+/// A [`JobEvents`] that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoEvents;
+impl JobEvents for NoEvents {}
+
+/// How sandboxes are made.
+pub trait Backend: Send + Sync {
+    /// `"namespace"` or `"microvm"`.
+    fn name(&self) -> &'static str;
+    /// Changes whenever the same job could give a different result (a result-cache
+    /// key component).
+    fn version(&self) -> String;
+    /// Runs one job in a fresh sandbox that is destroyed afterwards, leaving nothing
+    /// behind on the host.
+    fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError>;
+}
+
+/// Why a job could not be run (as opposed to a program that ran and failed, which
+/// is a [`JobResult`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("sandbox setup failed while {stage}: {source}")]
+    Setup {
+        stage: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("command {command:?} not found in the image (searched {searched})")]
+    CommandNotFound { command: String, searched: String },
+    #[error("command {command:?} cannot be executed: {source}")]
+    CommandNotExecutable {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("input file {path}: {reason}")]
+    Input { path: String, reason: String },
+    #[error("working directory {path}: {reason}")]
+    Workdir { path: String, reason: String },
+    #[error("user: {0}")]
+    User(#[from] user::UserError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SandboxError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SandboxError::Cgroup(_) | SandboxError::Setup { .. } => ErrorCode::SandboxSetup,
+            SandboxError::CommandNotFound { .. } => ErrorCode::CommandNotFound,
+            SandboxError::CommandNotExecutable { .. } => ErrorCode::CommandNotExecutable,
+            SandboxError::Input { .. } | SandboxError::Workdir { .. } => ErrorCode::InvalidPath,
+            SandboxError::User(_) => ErrorCode::InvalidArgument,
+            SandboxError::Io { .. } => ErrorCode::Io,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        SandboxError::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}

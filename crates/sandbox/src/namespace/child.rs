@@ -1,0 +1,498 @@
+//! The sandbox's first process, from `clone3` to `execve`.
+//!
+//! It starts as real root in fresh mount, pid, ipc, uts and network namespaces, and:
+//! joins the job's cgroup, brings up its own loopback, mounts a size-capped tmpfs
+//! and an overlay of the image's read-only layers on it, mounts /proc, pivots into
+//! the overlay, and unshares a user (and cgroup) namespace. It then tells the parent,
+//! which writes the uid/gid maps and places the input files, and waits for "go". Last it drops every privilege and execs the program, which
+//! becomes pid 1 of the sandbox: when it exits, the kernel kills everything else.
+//!
+//! The parent may be multi-threaded, so this code runs under post-fork rules: no
+//! allocation, no locks, no panics. Everything it needs is prepared in [`ChildPlan`]
+//! before the fork; failures are reported as a fixed-size [`ChildError`] on a pipe.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use runbox_sys::exec::ExecArgs;
+use runbox_sys::process::{exit_now, unshare_flags};
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::process::{Resource, Rlimit};
+
+/// Where the child failed. The numbers travel in [`ChildError`]; keep them stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Stage {
+    DeathSignal = 1,
+    JoinCgroup,
+    Loopback,
+    MountPrivate,
+    MountTmpfs,
+    PrepareUpper,
+    MountOverlay,
+    MountProc,
+    PivotRoot,
+    Hostname,
+    Rlimit,
+    Unshare,
+    WaitForParent,
+    DropCapabilities,
+    SetIds,
+    Session,
+    Workdir,
+    Stdio,
+    NoNewPrivs,
+    Seccomp,
+    /// execve failed for every candidate path.
+    Exec,
+}
+
+impl Stage {
+    pub(crate) fn from_u32(n: u32) -> Option<Stage> {
+        use Stage::*;
+        const ALL: [Stage; 21] = [
+            DeathSignal,
+            JoinCgroup,
+            Loopback,
+            MountPrivate,
+            MountTmpfs,
+            PrepareUpper,
+            MountOverlay,
+            MountProc,
+            PivotRoot,
+            Hostname,
+            Rlimit,
+            Unshare,
+            WaitForParent,
+            DropCapabilities,
+            SetIds,
+            Session,
+            Workdir,
+            Stdio,
+            NoNewPrivs,
+            Seccomp,
+            Exec,
+        ];
+        ALL.into_iter().find(|s| *s as u32 == n)
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Stage::DeathSignal => "setting the parent-death signal",
+            Stage::JoinCgroup => "joining the job's cgroup",
+            Stage::Loopback => "bringing up the loopback interface",
+            Stage::MountPrivate => "making mounts private",
+            Stage::MountTmpfs => "mounting the writable tmpfs",
+            Stage::PrepareUpper => "preparing the writable layer (/dev, /etc/hosts)",
+            Stage::MountOverlay => "mounting the image layers (overlayfs)",
+            Stage::MountProc => "mounting /proc",
+            Stage::PivotRoot => "switching to the sandbox root (pivot_root)",
+            Stage::Hostname => "setting the hostname",
+            Stage::Rlimit => "setting resource limits",
+            Stage::Unshare => "creating the user namespace",
+            Stage::WaitForParent => "waiting for the parent",
+            Stage::DropCapabilities => "dropping capabilities",
+            Stage::SetIds => "switching to the job's user and groups",
+            Stage::Session => "starting a new session",
+            Stage::Workdir => "entering the working directory",
+            Stage::Stdio => "connecting stdin/stdout/stderr",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Seccomp => "installing the seccomp filter",
+            Stage::Exec => "executing the command",
+        }
+    }
+}
+
+/// What the child writes on its error pipe before exiting: 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChildError {
+    pub stage: Stage,
+    pub errno: i32,
+}
+
+impl ChildError {
+    pub(crate) const SIZE: usize = 8;
+
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&(self.stage as u32).to_le_bytes());
+        b[4..].copy_from_slice(&self.errno.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn from_bytes(b: &[u8; 8]) -> Option<ChildError> {
+        let stage = Stage::from_u32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))?;
+        Some(ChildError {
+            stage,
+            errno: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        })
+    }
+}
+
+/// The byte the child sends when it is ready for its id maps.
+pub(crate) const READY: u8 = b'R';
+/// The byte the parent sends once the maps are written and the inputs placed.
+pub(crate) const GO: u8 = b'G';
+
+/// Everything the child needs, prepared by the parent before the fork.
+pub(crate) struct ChildPlan<'a> {
+    pub sync: BorrowedFd<'a>,
+    pub err: BorrowedFd<'a>,
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+    /// cgroup v1 `cgroup.procs` files to write "0" into (empty for v2).
+    pub cgroup_procs: &'a [OwnedFd],
+    /// Mount point for the tmpfs (an empty host directory; the mount is only ever
+    /// visible in the sandbox's private mount namespace).
+    pub scratch: &'a CStr,
+    pub tmpfs_opts: &'a CStr,
+    /// The layer store directory. A path, not a descriptor: overlayfs only accepts
+    /// lower directories reached through this mount namespace.
+    pub layers_dir: &'a CStr,
+    pub overlay_opts: &'a CStr,
+    /// `<scratch>/root`, where the overlay is mounted.
+    pub root: &'a CStr,
+    /// `<scratch>/root/proc`.
+    pub proc_dir: &'a CStr,
+    pub etc_hosts: &'a [u8],
+    pub id_base: u32,
+    /// Ids inside the sandbox to run the program as.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [rustix::process::Gid],
+    pub hostname: &'a CStr,
+    pub rlimits: &'a [(Resource, u64)],
+    pub workdir: &'a CStr,
+    pub exec: &'a ExecArgs,
+    /// Paths to try for argv[0], in PATH order.
+    pub candidates: &'a [CString],
+    pub seccomp: &'a [seccompiler::sock_filter],
+    pub cap_last: u32,
+}
+
+type Step<T> = Result<T, ChildError>;
+
+fn at(stage: Stage) -> impl Fn(Errno) -> ChildError {
+    move |e| ChildError {
+        stage,
+        errno: e.raw_os_error(),
+    }
+}
+
+fn io_at(stage: Stage) -> impl Fn(std::io::Error) -> ChildError {
+    move |e| ChildError {
+        stage,
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+/// Forks the sandbox's first process into new namespaces (`ns`, `CLONE_*` flags) and,
+/// with `cgroup`, into that cgroup v2 directory. Returns the child's pid and pidfd;
+/// the child runs [`run`] and never returns here.
+#[allow(unsafe_code)]
+pub(crate) fn spawn(
+    plan: &ChildPlan<'_>,
+    ns: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> std::io::Result<(i32, OwnedFd)> {
+    // SAFETY: the child branch only calls `run`, which makes raw system calls on data
+    // prepared before the fork (no allocation, locks or unwinding) and ends in execve
+    // or _exit.
+    match unsafe { runbox_sys::fork::fork_into(ns, cgroup) }? {
+        runbox_sys::fork::Forked::Child => run(plan),
+        runbox_sys::fork::Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
+    }
+}
+
+/// Runs the child to its exec; never returns.
+fn run(plan: &ChildPlan<'_>) -> ! {
+    let err = match setup_and_exec(plan) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = rustix::io::write(plan.err, &err.to_bytes());
+    exit_now(match (err.stage, err.errno) {
+        (Stage::Exec, libc::ENOENT) => 127,
+        (Stage::Exec, _) => 126,
+        _ => 125,
+    })
+}
+
+fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
+    use rustix::process::Signal;
+    // If runbox dies, so does the sandbox (pid 1's death takes the namespace with it).
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(at(Stage::DeathSignal))?;
+    rustix::process::umask(Mode::empty());
+
+    for fd in p.cgroup_procs {
+        rustix::io::write(fd, b"0").map_err(at(Stage::JoinCgroup))?;
+    }
+    runbox_sys::net::loopback_up().map_err(io_at(Stage::Loopback))?;
+
+    // Nothing mounted from here on may propagate back to the host.
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(at(Stage::MountPrivate))?;
+    rustix::mount::mount(
+        c"tmpfs",
+        p.scratch,
+        c"tmpfs",
+        MountFlags::NOSUID,
+        Some(p.tmpfs_opts),
+    )
+    .map_err(at(Stage::MountTmpfs))?;
+    prepare_upper(p)?;
+
+    // lowerdir names are relative to the layer store, which keeps the option short.
+    rustix::process::chdir(p.layers_dir).map_err(at(Stage::MountOverlay))?;
+    rustix::mount::mount(
+        c"overlay",
+        p.root,
+        c"overlay",
+        MountFlags::NOSUID,
+        Some(p.overlay_opts),
+    )
+    .map_err(at(Stage::MountOverlay))?;
+    rustix::mount::mount(
+        c"proc",
+        p.proc_dir,
+        c"proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(at(Stage::MountProc))?;
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves the
+    // overlay as the only tree this namespace can reach.
+    rustix::process::chdir(p.root).map_err(at(Stage::PivotRoot))?;
+    rustix::process::pivot_root(c".", c".").map_err(at(Stage::PivotRoot))?;
+    rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(at(Stage::PivotRoot))?;
+    rustix::process::chdir(c"/").map_err(at(Stage::PivotRoot))?;
+
+    rustix::system::sethostname(p.hostname.to_bytes()).map_err(at(Stage::Hostname))?;
+    // Limits are set while still real root: raising a hard limit above runbox's own
+    // needs CAP_SYS_RESOURCE in the initial user namespace.
+    for &(res, value) in p.rlimits {
+        rustix::process::setrlimit(
+            res,
+            Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            },
+        )
+        .map_err(at(Stage::Rlimit))?;
+    }
+    // From here, root inside is an unprivileged id outside. The mount, network, uts
+    // and ipc namespaces stay owned by the initial user namespace, so no capability
+    // gained in the new one reaches them.
+    runbox_sys::process::unshare_namespaces(unshare_flags::NEWUSER | unshare_flags::NEWCGROUP)
+        .map_err(io_at(Stage::Unshare))?;
+
+    rustix::io::write(p.sync, &[READY]).map_err(at(Stage::WaitForParent))?;
+    let mut buf = [0u8; 1];
+    let n = rustix::io::read(p.sync, &mut buf).map_err(at(Stage::WaitForParent))?;
+    if n != 1 || buf[0] != GO {
+        // EOF: the parent gave up (or died); leave quietly.
+        exit_now(125);
+    }
+
+    runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
+    rustix::thread::set_thread_groups(p.groups).map_err(at(Stage::SetIds))?;
+    let gid = rustix::process::Gid::from_raw(p.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(at(Stage::SetIds))?;
+    let uid = rustix::process::Uid::from_raw(p.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(at(Stage::SetIds))?;
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )
+    .map_err(at(Stage::DropCapabilities))?;
+    rustix::thread::clear_ambient_capability_set().map_err(at(Stage::DropCapabilities))?;
+    // Changing credentials cleared the death signal; set it again, then make sure
+    // the parent did not die in between (its end of the socket would be closed).
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(at(Stage::DeathSignal))?;
+    if parent_gone(p.sync) {
+        exit_now(125);
+    }
+
+    // A new session has no controlling terminal: no TIOCSTI into the host's tty.
+    rustix::process::setsid().map_err(at(Stage::Session))?;
+    let wd = rfs::openat2(
+        rfs::CWD,
+        p.workdir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )
+    .map_err(at(Stage::Workdir))?;
+    rustix::process::fchdir(&wd).map_err(at(Stage::Workdir))?;
+    rustix::process::umask(Mode::from_raw_mode(0o022));
+
+    dup_onto(p.stdin, 0)?;
+    dup_onto(p.stdout, 1)?;
+    dup_onto(p.stderr, 2)?;
+    // Everything else (the error pipe included) closes on exec.
+    runbox_sys::process::cloexec_from(3).map_err(io_at(Stage::Stdio))?;
+
+    rustix::thread::set_no_new_privs(true).map_err(at(Stage::NoNewPrivs))?;
+    seccompiler::apply_filter(p.seccomp).map_err(|e| ChildError {
+        stage: Stage::Seccomp,
+        errno: match e {
+            seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => {
+                io.raw_os_error().unwrap_or(libc::EIO)
+            }
+            _ => libc::EINVAL,
+        },
+    })?;
+
+    // Like execvp: the first candidate that exists wins; EACCES is remembered in case
+    // nothing else is found (126 rather than 127).
+    let mut errno = libc::ENOENT;
+    for path in p.candidates {
+        let e = p.exec.execve(path).raw_os_error().unwrap_or(libc::EIO);
+        match e {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => errno = libc::EACCES,
+            other => {
+                errno = other;
+                break;
+            }
+        }
+    }
+    Err(ChildError {
+        stage: Stage::Exec,
+        errno,
+    })
+}
+
+/// Creates, on the fresh tmpfs: `upper/` (owned by root inside) with /dev, /proc,
+/// /tmp and /etc/hosts entries that the overlay shows over the image's, and `work/`
+/// and `root/` for overlayfs. Nothing here can have been planted: the tmpfs was
+/// empty a moment ago and no sandboxed code has run yet.
+fn prepare_upper(p: &ChildPlan<'_>) -> Step<()> {
+    let e = at(Stage::PrepareUpper);
+    let dirf = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let scratch = rfs::open(p.scratch, dirf, Mode::empty()).map_err(&e)?;
+    let root_id = Some(rustix::fs::Uid::from_raw(p.id_base));
+    let root_gid = Some(rustix::fs::Gid::from_raw(p.id_base));
+    let mkdir = |parent: &OwnedFd, name: &CStr, mode: u32| -> Step<OwnedFd> {
+        rfs::mkdirat(parent, name, Mode::from_raw_mode(mode)).map_err(&e)?;
+        let fd = rfs::openat(parent, name, dirf, Mode::empty()).map_err(&e)?;
+        rfs::chownat(
+            parent,
+            name,
+            root_id,
+            root_gid,
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(&e)?;
+        Ok(fd)
+    };
+    for name in [c"work", c"root"] {
+        rfs::mkdirat(&scratch, name, Mode::from_raw_mode(0o700)).map_err(&e)?;
+    }
+    let upper = mkdir(&scratch, c"upper", 0o755)?;
+    mkdir(&upper, c"proc", 0o555)?;
+    mkdir(&upper, c"tmp", 0o1777)?;
+    let dev = mkdir(&upper, c"dev", 0o755)?;
+    mkdir(&dev, c"shm", 0o1777)?;
+    for (name, minor) in [
+        (c"null", 3),
+        (c"zero", 5),
+        (c"full", 7),
+        (c"random", 8),
+        (c"urandom", 9),
+    ] {
+        rfs::mknodat(
+            &dev,
+            name,
+            rfs::FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rfs::makedev(1, minor),
+        )
+        .map_err(&e)?;
+        rfs::chownat(
+            &dev,
+            name,
+            root_id,
+            root_gid,
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(&e)?;
+    }
+    for (name, target) in [
+        (c"fd", c"/proc/self/fd"),
+        (c"stdin", c"/proc/self/fd/0"),
+        (c"stdout", c"/proc/self/fd/1"),
+        (c"stderr", c"/proc/self/fd/2"),
+    ] {
+        rfs::symlinkat(target, &dev, name).map_err(&e)?;
+        rfs::chownat(
+            &dev,
+            name,
+            root_id,
+            root_gid,
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(&e)?;
+    }
+    let etc = mkdir(&upper, c"etc", 0o755)?;
+    let hosts = rfs::openat(
+        &etc,
+        c"hosts",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(&e)?;
+    write_all(&hosts, p.etc_hosts).map_err(&e)?;
+    rfs::fchown(&hosts, root_id, root_gid).map_err(&e)?;
+    Ok(())
+}
+
+fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        let n = rustix::io::write(fd, buf)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Makes `fd` the descriptor `target` (0, 1 or 2), without close-on-exec. The parent
+/// numbers the pipes 3 or above, so dup2 never clobbers one of them with another.
+fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Step<()> {
+    match target {
+        0 => rustix::stdio::dup2_stdin(fd),
+        1 => rustix::stdio::dup2_stdout(fd),
+        _ => rustix::stdio::dup2_stderr(fd),
+    }
+    .map_err(at(Stage::Stdio))
+}
+
+fn parent_gone(sync: BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&sync, PollFlags::IN)];
+    match poll(
+        &mut fds,
+        Some(&rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    ) {
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::IN),
+        Err(_) => true,
+    }
+}

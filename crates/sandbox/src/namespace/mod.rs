@@ -1,0 +1,597 @@
+//! The `namespace` backend: each job is a process tree in its own mount, pid,
+//! network, ipc, uts, user and cgroup namespaces, inside a cgroup with the job's
+//! limits, under a seccomp filter, with no capabilities, on an overlay of the
+//! image's read-only layers and a size-capped tmpfs.
+//!
+//! Nothing is mounted in the host's mount namespace: the tmpfs and the overlay exist
+//! only in the sandbox's private namespace, and die with it. What outlives a crash
+//! of runbox is at most a cgroup directory, named after its owner, which the next
+//! start removes ([`NamespaceBackend::sweep`]).
+//!
+//! Order of events for one job (parent = this process, child = [`child`]):
+//!
+//! 1. parent: resolve the user from the image's /etc/passwd; create the cgroup;
+//!    prepare every string the child needs; `clone3` into new namespaces.
+//! 2. child: join the cgroup, mount tmpfs + overlay + /proc, pivot_root, unshare the
+//!    user namespace, send READY.
+//! 3. parent: through `/proc/<child>/root`, create the working directory and write
+//!    the inputs (no link leads out); write the uid/gid maps; send GO.
+//! 4. child: drop privileges, seccomp, exec. parent: [`supervise`].
+//! 5. parent: read usage from the cgroup, collect outputs through the root
+//!    descriptor (no link followed), close it (the last reference to the sandbox's
+//!    file systems), remove the cgroup.
+
+mod child;
+mod files;
+mod supervise;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use runbox_core::{signal_name, IdMap, JobResult, LimitKind, Timings, Usage};
+use runbox_sys::exec::ExecArgs;
+use runbox_sys::fork::flags;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{pidfd_send_signal, waitid, Resource, Signal, WaitId, WaitIdOptions};
+
+use self::child::{ChildError, ChildPlan, Stage, GO, READY};
+use self::files::SandboxRoot;
+use self::supervise::{decide, Exit, Pipes};
+use crate::cgroup::{self, Attach, Cgroups, JobCgroup};
+use crate::plan::JobPlan;
+use crate::{user, Backend, JobEvents, SandboxError};
+
+/// The backend's settings.
+#[derive(Debug, Clone)]
+pub struct NamespaceConfig {
+    /// A directory for the backend's own use (holds the empty mount point).
+    pub state_dir: PathBuf,
+    /// The id range sandboxes run in; must match the image store's.
+    pub id_map: IdMap,
+    /// Directory (under each cgroup hierarchy root) holding the job cgroups.
+    pub cgroup_parent: String,
+    /// How long the sandbox may take to set up before it is abandoned.
+    pub setup_timeout: Duration,
+}
+
+impl NamespaceConfig {
+    pub fn new(state_dir: impl Into<PathBuf>, id_map: IdMap) -> Self {
+        NamespaceConfig {
+            state_dir: state_dir.into(),
+            id_map,
+            cgroup_parent: "runbox".into(),
+            setup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What [`NamespaceBackend::sweep`] cleaned up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Cgroups of runbox processes that are gone (their processes were killed).
+    pub cgroups_removed: usize,
+}
+
+/// Runs jobs in Linux namespaces. Cheap to share between threads.
+#[derive(Debug)]
+pub struct NamespaceBackend {
+    cfg: NamespaceConfig,
+    cgroups: Box<dyn Cgroups>,
+    seccomp: seccompiler::BpfProgram,
+    scratch: CString,
+    root: CString,
+    proc_dir: CString,
+    empty_layer: String,
+    cap_last: u32,
+    /// `<pid>.<start time>` of this process: the owner tag of its cgroups.
+    instance: String,
+}
+
+impl NamespaceBackend {
+    /// Sets the backend up: checks the host, builds the seccomp filter and sweeps
+    /// what crashed runbox processes left behind.
+    pub fn new(cfg: NamespaceConfig) -> Result<(Self, SweepReport), SandboxError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(SandboxError::Setup {
+                stage: "checking privileges",
+                source: io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "runbox must run as root (it creates namespaces, cgroups and mounts)",
+                ),
+            });
+        }
+        let mnt = cfg.state_dir.join("mnt");
+        let empty = cfg.state_dir.join("empty");
+        for d in [&cfg.state_dir, &mnt, &empty] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| SandboxError::io(format!("creating {}", d.display()), e))?;
+        }
+        std::fs::set_permissions(
+            &cfg.state_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| SandboxError::io(format!("chmod {}", cfg.state_dir.display()), e))?;
+        let cstr = |p: &Path| {
+            CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|e| SandboxError::io("state dir path", io::Error::other(e)))
+        };
+        let cgroups = cgroup::detect(&cfg.cgroup_parent)?;
+        let seccomp = crate::seccomp::sandbox_filter()
+            .map_err(|e| SandboxError::io("seccomp", io::Error::other(e)))?;
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        let backend = NamespaceBackend {
+            scratch: cstr(&mnt)?,
+            root: cstr(&mnt.join("root"))?,
+            proc_dir: cstr(&mnt.join("root/proc"))?,
+            empty_layer: empty.to_string_lossy().into_owned(),
+            cgroups,
+            seccomp,
+            cap_last,
+            instance: instance_tag(std::process::id() as i32).ok_or_else(|| {
+                SandboxError::io("reading /proc/self/stat", io::Error::other("unparsable"))
+            })?,
+            cfg,
+        };
+        let report = backend.sweep()?;
+        Ok((backend, report))
+    }
+
+    /// "v1" or "v2".
+    pub fn cgroup_version(&self) -> &'static str {
+        self.cgroups.version()
+    }
+
+    /// Removes the cgroups of runbox processes that no longer exist, killing any
+    /// process still in them.
+    pub fn sweep(&self) -> Result<SweepReport, SandboxError> {
+        let mut report = SweepReport::default();
+        for name in self.cgroups.list()? {
+            let Some((pid, start)) = parse_owner(&name) else {
+                continue;
+            };
+            if instance_tag(pid).is_some_and(|t| t == format!("{pid}.{start}")) {
+                continue; // its owner is alive (possibly us)
+            }
+            let cg = self.cgroups.open(&name);
+            cg.kill_all()?;
+            cg.remove()?;
+            tracing::info!(cgroup = %name, "removed a crashed runbox's leftover cgroup");
+            report.cgroups_removed += 1;
+        }
+        Ok(report)
+    }
+
+    fn cgroup_name(&self, job_id: &str) -> String {
+        format!("{}.{job_id}", self.instance)
+    }
+}
+
+/// `<pid>.<start time in clock ticks>` for a live process.
+fn instance_tag(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself contain spaces and parens.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{pid}.{start}"))
+}
+
+/// Parses `<pid>.<start>.<job>` cgroup names.
+fn parse_owner(name: &str) -> Option<(i32, u64)> {
+    let mut it = name.splitn(3, '.');
+    let pid = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    it.next()?;
+    Some((pid, start))
+}
+
+/// Kills and removes a job's cgroup when dropped, whatever happened before.
+struct CgroupGuard(Box<dyn JobCgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill_all();
+        if let Err(e) = self.0.remove() {
+            tracing::warn!(error = %e, "removing a job cgroup failed; the next start sweeps it");
+        }
+    }
+}
+
+/// Kills and reaps the sandbox's pid 1 when dropped, unless already reaped.
+struct ChildGuard {
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
+            let _ = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED);
+        }
+    }
+}
+
+/// Moves a descriptor to 3 or above, so the child's dup2 onto 0-2 cannot clobber it.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+}
+
+fn setup_err(stage: &'static str) -> impl Fn(Errno) -> SandboxError {
+    move |e| SandboxError::Setup {
+        stage,
+        source: e.into(),
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn name(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn version(&self) -> String {
+        format!("namespace/{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError> {
+        let t0 = Instant::now();
+        let span = tracing::debug_span!("job", job_id = %plan.job_id);
+        let _enter = span.enter();
+        let img = &plan.image;
+
+        // Who runs: from the image's own account files, read from its layers.
+        let read = |p| {
+            files::read_image_file(&img.layers_dir, &img.layers, p, 1 << 20)
+                .map(|o| String::from_utf8_lossy(&o.unwrap_or_default()).into_owned())
+                .map_err(|e| SandboxError::io(format!("reading {p} from the image"), e))
+        };
+        let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+        let who = user::resolve(plan.user.as_ref(), &passwd, &group)?;
+        let map = self.cfg.id_map;
+        let (host_uid, host_gid) = (map.to_host(who.uid), map.to_host(who.gid));
+        let mut env = plan.env.clone();
+        env.entry("HOME".into())
+            .or_insert_with(|| who.home.clone().unwrap_or_else(|| plan.workdir.clone()));
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+        // Everything the child needs, built now: it may not allocate.
+        let exec = ExecArgs::new(&plan.argv, &env)
+            .map_err(|e| SandboxError::io("arguments", io::Error::other(e)))?;
+        let candidates: Vec<String> = plan.exec_candidates();
+        let candidates_c: Vec<CString> = candidates
+            .iter()
+            .filter_map(|c| CString::new(c.as_str()).ok())
+            .collect();
+        let groups: Vec<rustix::process::Gid> = who
+            .groups
+            .iter()
+            .map(|&g| rustix::process::Gid::from_raw(g))
+            .collect();
+        let lower = if img.layers.is_empty() {
+            self.empty_layer.clone()
+        } else {
+            img.layers
+                .iter()
+                .rev()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let scratch = self.scratch.to_string_lossy();
+        let overlay_opts = CString::new(format!(
+            "lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work"
+        ))
+        .map_err(|e| SandboxError::io("overlay options", io::Error::other(e)))?;
+        if overlay_opts.as_bytes().len() >= 4096 {
+            return Err(SandboxError::io(
+                "mounting the image",
+                io::Error::other(format!(
+                    "the image has too many layers ({}) for one overlay mount",
+                    img.layers.len()
+                )),
+            ));
+        }
+        let l = &plan.limits;
+        let tmpfs_opts = CString::new(format!(
+            "size={},nr_inodes={},mode=0755,uid={},gid={}",
+            l.tmpfs_bytes, l.tmpfs_inodes, map.base, map.base
+        ))
+        .expect("no NUL in numbers");
+        let hostname = CString::new(plan.hostname.as_str())
+            .map_err(|e| SandboxError::io("hostname", io::Error::other(e)))?;
+        let etc_hosts = format!(
+            "127.0.0.1\tlocalhost {h}\n::1\tlocalhost ip6-localhost ip6-loopback {h}\n",
+            h = plan.hostname
+        );
+        let workdir = CString::new(plan.workdir.as_str())
+            .map_err(|e| SandboxError::io("workdir", io::Error::other(e)))?;
+        // The CPU-time rlimit backs up the cgroup check for a single busy process.
+        let cpu_secs = l.cpu_time_ms.div_ceil(1000).max(1);
+        let rlimits = [
+            (Resource::Nofile, u64::from(l.nofile)),
+            (Resource::Fsize, l.file_size_bytes),
+            (Resource::Core, 0),
+            (Resource::Cpu, cpu_secs + 1),
+            (Resource::Memlock, 64 * 1024),
+        ];
+        let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
+
+        let cg = CgroupGuard(self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?);
+        let attach = cg.0.attach()?;
+        let (procs, cgroup_fd): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &attach {
+            Attach::Procs(fds) => (fds, None),
+            Attach::IntoCgroup(fd) => (&[], Some(fd.as_fd())),
+        };
+
+        let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
+            let (r, w) = pipe_with(PipeFlags::CLOEXEC)
+                .map_err(|e| SandboxError::io("creating a pipe", e))?;
+            Ok((
+                above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
+                above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
+            ))
+        };
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (sync_parent, sync_child) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| SandboxError::io("creating a socket pair", e))?;
+
+        let child_plan = ChildPlan {
+            sync: sync_child.as_fd(),
+            err: err_w.as_fd(),
+            stdin: stdin_r.as_fd(),
+            stdout: stdout_w.as_fd(),
+            stderr: stderr_w.as_fd(),
+            cgroup_procs: procs,
+            scratch: &self.scratch,
+            tmpfs_opts: &tmpfs_opts,
+            layers_dir: &layers_dir,
+            overlay_opts: &overlay_opts,
+            root: &self.root,
+            proc_dir: &self.proc_dir,
+            etc_hosts: etc_hosts.as_bytes(),
+            id_base: map.base,
+            uid: who.uid,
+            gid: who.gid,
+            groups: &groups,
+            hostname: &hostname,
+            rlimits: &rlimits,
+            workdir: &workdir,
+            exec: &exec,
+            candidates: &candidates_c,
+            seccomp: &self.seccomp,
+            cap_last: self.cap_last,
+        };
+        let ns = flags::NEWNS | flags::NEWPID | flags::NEWNET | flags::NEWIPC | flags::NEWUTS;
+        let (pid, pidfd) =
+            child::spawn(&child_plan, ns, cgroup_fd).map_err(|e| SandboxError::Setup {
+                stage: "creating the sandbox process (clone3)",
+                source: e,
+            })?;
+        let mut child = ChildGuard {
+            pidfd,
+            reaped: false,
+        };
+        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, attach));
+
+        // Wait for READY (or the child's death, with its reason on the error pipe).
+        wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
+
+        let root = SandboxRoot::of_process(pid).map_err(|e| SandboxError::Setup {
+            stage: "opening the sandbox root",
+            source: e,
+        })?;
+        root.ensure_dir(&plan.workdir, host_uid, host_gid)
+            .map_err(|e| SandboxError::Workdir {
+                path: e.path,
+                reason: e.reason,
+            })?;
+        for input in &plan.inputs {
+            root.write_input(input, host_uid, host_gid)
+                .map_err(|e| SandboxError::Input {
+                    path: e.path,
+                    reason: e.reason,
+                })?;
+        }
+        let id_map_line = format!("0 {} {}\n", map.base, IdMap::SIZE);
+        for f in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{f}"), &id_map_line).map_err(|e| {
+                SandboxError::Setup {
+                    stage: "writing the user namespace's id maps",
+                    source: e,
+                }
+            })?;
+        }
+        rustix::io::write(&sync_parent, &[GO]).map_err(setup_err("starting the program"))?;
+        let go = Instant::now();
+
+        let outcome = supervise::supervise(
+            &child.pidfd,
+            Pipes {
+                stdin: Some(stdin_w),
+                stdout: stdout_r,
+                stderr: stderr_r,
+                err: err_r,
+            },
+            &plan.stdin,
+            l,
+            cg.0.as_ref(),
+            events,
+            go,
+        )?;
+        child.reaped = true;
+
+        if let Some(ce) = outcome.child_error {
+            let command = plan.argv[0].clone();
+            return Err(match (ce.stage, ce.errno) {
+                (Stage::Exec, libc::ENOENT) => SandboxError::CommandNotFound {
+                    command,
+                    searched: candidates.join(", "),
+                },
+                (Stage::Exec, errno) => SandboxError::CommandNotExecutable {
+                    command,
+                    source: io::Error::from_raw_os_error(errno),
+                },
+                (stage, errno) => SandboxError::Setup {
+                    stage: stage.describe(),
+                    source: io::Error::from_raw_os_error(errno),
+                },
+            });
+        }
+
+        let stats = cg.0.stats()?;
+        let mut budget = l.output_files_bytes;
+        let mut outputs = Vec::new();
+        for o in &plan.outputs {
+            outputs.extend(root.collect(&o.requested, &o.path, &mut budget));
+        }
+        // The last reference to the sandbox's overlay and tmpfs: closing it frees them.
+        drop(root);
+        drop(cg);
+        let end = Instant::now();
+
+        let (status, mut limits_hit) = decide(outcome.exit, outcome.killed, &stats);
+        if outcome.stdout.truncated() || outcome.stderr.truncated() {
+            limits_hit.push(LimitKind::Output);
+        }
+        if outputs.iter().any(|o| o.truncated) {
+            limits_hit.push(LimitKind::OutputFiles);
+        }
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let (exit_code, signal) = match outcome.exit {
+            Exit::Code(c) => (Some(c), None),
+            Exit::Signal(s) => (None, Some(s)),
+        };
+        let mut result = JobResult {
+            job_id: plan.job_id.clone(),
+            status,
+            exit_code,
+            signal,
+            signal_name: signal.map(signal_name),
+            stdout: String::new(),
+            stdout_base64: None,
+            stdout_bytes: outcome.stdout.total,
+            stdout_truncated: outcome.stdout.truncated(),
+            stderr: String::new(),
+            stderr_base64: None,
+            stderr_bytes: outcome.stderr.total,
+            stderr_truncated: outcome.stderr.truncated(),
+            outputs,
+            limits_hit,
+            timings: Timings {
+                setup_ms: ms(go - t0),
+                run_ms: ms(outcome.exited_at - go),
+                teardown_ms: ms(end - outcome.exited_at),
+                total_ms: ms(end - t0),
+            },
+            usage: Usage {
+                cpu_time_ms: stats.cpu_ns as f64 / 1e6,
+                cpu_user_ms: stats.cpu_user_ns as f64 / 1e6,
+                cpu_system_ms: stats.cpu_system_ns as f64 / 1e6,
+                peak_memory_bytes: stats.peak_memory_bytes,
+            },
+            limits: *l,
+        };
+        result.set_stdout(&outcome.stdout.kept);
+        result.set_stderr(&outcome.stderr.kept);
+        tracing::debug!(
+            status = result.status.as_str(),
+            total_ms = result.timings.total_ms,
+            "job finished"
+        );
+        Ok(result)
+    }
+}
+
+/// Waits until the child reports READY. If it dies first, its error pipe says why.
+fn wait_ready(
+    sync: &OwnedFd,
+    err: &OwnedFd,
+    pidfd: &OwnedFd,
+    timeout: Duration,
+) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(SandboxError::Setup {
+                stage: "waiting for the sandbox to set up",
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ),
+            });
+        }
+        let ts = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [
+            PollFd::new(sync, PollFlags::IN),
+            PollFd::new(pidfd, PollFlags::IN),
+        ];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(setup_err("waiting for the sandbox")(e)),
+        }
+        let (sync_ready, died) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if sync_ready {
+            let mut b = [0u8; 1];
+            if matches!(rustix::io::read(sync, &mut b), Ok(1)) && b[0] == READY {
+                return Ok(());
+            }
+        }
+        if sync_ready || died {
+            let mut buf = [0u8; ChildError::SIZE];
+            let n = rustix::io::read(err, &mut buf).unwrap_or(0);
+            let reason = (n == ChildError::SIZE)
+                .then(|| ChildError::from_bytes(&buf))
+                .flatten();
+            return Err(match reason {
+                Some(ce) => SandboxError::Setup {
+                    stage: ce.stage.describe(),
+                    source: io::Error::from_raw_os_error(ce.errno),
+                },
+                None => SandboxError::Setup {
+                    stage: "setting up the sandbox",
+                    source: io::Error::other("the sandbox process died without a report"),
+                },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_tags_parse_and_match_live_processes() {
+        assert_eq!(parse_owner("123.456.abcdef"), Some((123, 456)));
+        assert_eq!(parse_owner("123.456"), None);
+        assert_eq!(parse_owner("runbox-other"), None);
+        let me = instance_tag(std::process::id() as i32).unwrap();
+        assert!(me.starts_with(&format!("{}.", std::process::id())));
+        let (pid, start) = parse_owner(&format!("{me}.job")).unwrap();
+        assert_eq!(instance_tag(pid).unwrap(), format!("{pid}.{start}"));
+    }
+}
