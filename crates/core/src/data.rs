@@ -117,13 +117,21 @@ mod tests {
             let back: Data = serde_json::from_str(&json).unwrap();
             assert_eq!(back.0, bytes, "{json}");
         }
-        assert_eq!(serde_json::to_string(&Data::from("hi")).unwrap(), r#"{"text":"hi"}"#);
+        assert_eq!(
+            serde_json::to_string(&Data::from("hi")).unwrap(),
+            r#"{"text":"hi"}"#
+        );
     }
 
     #[test]
     fn accepts_plain_strings_and_rejects_ambiguity() {
         assert_eq!(serde_json::from_str::<Data>(r#""x""#).unwrap().0, b"x");
-        assert_eq!(serde_json::from_str::<Data>(r#"{"base64":"AAE="}"#).unwrap().0, [0, 1]);
+        assert_eq!(
+            serde_json::from_str::<Data>(r#"{"base64":"AAE="}"#)
+                .unwrap()
+                .0,
+            [0, 1]
+        );
         let e = serde_json::from_str::<Data>(r#"{"text":"a","base64":"AA=="}"#).unwrap_err();
         assert!(e.to_string().contains("exactly one"), "{e}");
         let e = serde_json::from_str::<Data>(r#"{"base64":"!!"}"#).unwrap_err();

@@ -27,9 +27,14 @@ pub enum DigestError {
 impl Digest {
     /// Builds a digest from 64 lowercase hex characters.
     pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            Ok(Digest { hex: hex.to_owned() })
+            Ok(Digest {
+                hex: hex.to_owned(),
+            })
         } else {
             Err(DigestError::Hex(hex.to_owned()))
         }
@@ -106,10 +111,19 @@ mod tests {
 
     #[test]
     fn rejects_other_algorithms_and_bad_hex() {
-        assert!(matches!("sha512:00".parse::<Digest>(), Err(DigestError::Algorithm(_))));
-        assert!(matches!("sha256:XYZ".parse::<Digest>(), Err(DigestError::Hex(_))));
+        assert!(matches!(
+            "sha512:00".parse::<Digest>(),
+            Err(DigestError::Algorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:XYZ".parse::<Digest>(),
+            Err(DigestError::Hex(_))
+        ));
         let upper = format!("sha256:{}", "AB".repeat(32));
-        assert!(upper.parse::<Digest>().is_err(), "uppercase hex is not canonical");
+        assert!(
+            upper.parse::<Digest>().is_err(),
+            "uppercase hex is not canonical"
+        );
         let traversal = format!("sha256:../{}", "a".repeat(61));
         assert!(traversal.parse::<Digest>().is_err());
     }

@@ -23,12 +23,19 @@ impl IdMap {
 
     /// Host id for an inside id; ids outside the range become `nobody`.
     pub fn to_host(&self, inside: u32) -> u32 {
-        self.base + if inside < Self::SIZE { inside } else { Self::OVERFLOW_ID }
+        self.base
+            + if inside < Self::SIZE {
+                inside
+            } else {
+                Self::OVERFLOW_ID
+            }
     }
 }
 
 impl Default for IdMap {
     fn default() -> Self {
-        IdMap { base: Self::DEFAULT_BASE }
+        IdMap {
+            base: Self::DEFAULT_BASE,
+        }
     }
 }

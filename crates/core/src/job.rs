@@ -154,7 +154,10 @@ impl JobResult {
 fn text_or_base64(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), None),
-        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), Some(to_base64(bytes))),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(to_base64(bytes)),
+        ),
     }
 }
 
@@ -267,7 +270,10 @@ mod tests {
 
     #[test]
     fn statuses_serialize_as_snake_case() {
-        assert_eq!(serde_json::to_string(&JobStatus::WallTimeLimit).unwrap(), r#""wall_time_limit""#);
+        assert_eq!(
+            serde_json::to_string(&JobStatus::WallTimeLimit).unwrap(),
+            r#""wall_time_limit""#
+        );
         assert_eq!(JobStatus::PidsLimit.as_str(), "pids_limit");
         assert_eq!(JobStatus::MemoryLimit.limit(), Some(LimitKind::Memory));
     }

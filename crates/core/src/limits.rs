@@ -250,7 +250,11 @@ mod tests {
 
     #[test]
     fn resolve_overrides_only_given_fields() {
-        let spec = LimitsSpec { memory_bytes: Some(64 * MIB), pids: Some(8), ..Default::default() };
+        let spec = LimitsSpec {
+            memory_bytes: Some(64 * MIB),
+            pids: Some(8),
+            ..Default::default()
+        };
         let l = Limits::resolve(&Limits::default(), &spec, &policy()).unwrap();
         assert_eq!(l.memory_bytes, 64 * MIB);
         assert_eq!(l.pids, 8);
@@ -259,13 +263,24 @@ mod tests {
 
     #[test]
     fn resolve_rejects_absurd_values_naming_the_field() {
-        let spec = LimitsSpec { memory_bytes: Some(1 << 60), ..Default::default() };
+        let spec = LimitsSpec {
+            memory_bytes: Some(1 << 60),
+            ..Default::default()
+        };
         let err = Limits::resolve(&Limits::default(), &spec, &policy()).unwrap_err();
         assert_eq!(err.field, "memory_bytes");
         assert!(err.to_string().contains("out of range"), "{err}");
 
-        let spec = LimitsSpec { pids: Some(0), ..Default::default() };
-        assert_eq!(Limits::resolve(&Limits::default(), &spec, &policy()).unwrap_err().field, "pids");
+        let spec = LimitsSpec {
+            pids: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::resolve(&Limits::default(), &spec, &policy())
+                .unwrap_err()
+                .field,
+            "pids"
+        );
     }
 
     #[test]

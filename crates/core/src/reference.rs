@@ -40,7 +40,11 @@ impl ImageRef {
             return Err(ReferenceError::TooLong(s.to_owned()));
         }
         if s.starts_with("sha256:") {
-            return Ok(ImageRef { name: None, tag: None, digest: Some(s.parse()?) });
+            return Ok(ImageRef {
+                name: None,
+                tag: None,
+                digest: Some(s.parse()?),
+            });
         }
         let (rest, digest) = match s.split_once('@') {
             Some((rest, d)) => (rest, Some(d.parse::<Digest>()?)),
@@ -56,7 +60,11 @@ impl ImageRef {
         if let Some(tag) = tag {
             validate_tag(tag)?;
         }
-        Ok(ImageRef { name: Some(name.to_owned()), tag: tag.map(str::to_owned), digest })
+        Ok(ImageRef {
+            name: Some(name.to_owned()),
+            tag: tag.map(str::to_owned),
+            digest,
+        })
     }
 
     /// `name:tag`, with `latest` for a missing tag; `None` for a bare digest.
@@ -86,7 +94,12 @@ impl fmt::Display for ImageRef {
 }
 
 fn validate_name(name: &str) -> Result<(), ReferenceError> {
-    let err = |why| Err(ReferenceError::Name { name: name.to_owned(), why });
+    let err = |why| {
+        Err(ReferenceError::Name {
+            name: name.to_owned(),
+            why,
+        })
+    };
     if name.is_empty() {
         return err("it is empty");
     }
@@ -121,7 +134,9 @@ fn validate_name(name: &str) -> Result<(), ReferenceError> {
         if part.is_empty() {
             return err("it has an empty path component");
         }
-        if !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         {
             return err("path components may only hold lowercase letters, digits and . _ -");
         }
@@ -140,13 +155,17 @@ fn validate_name(name: &str) -> Result<(), ReferenceError> {
 fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         && !tag.starts_with('.')
         && !tag.starts_with('-');
     if ok {
         Ok(())
     } else {
-        Err(ReferenceError::Tag { tag: tag.to_owned() })
+        Err(ReferenceError::Tag {
+            tag: tag.to_owned(),
+        })
     }
 }
 
@@ -169,10 +188,15 @@ mod tests {
 
     #[test]
     fn rejects_hostile_names() {
-        for bad in ["", "../etc", "a//b", "UPPER", "a:", "a:-x", "-a", "a/..", "a b", "a\nb"] {
+        for bad in [
+            "", "../etc", "a//b", "UPPER", "a:", "a:-x", "-a", "a/..", "a b", "a\nb",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert!(matches!(ImageRef::parse(&"a".repeat(300)), Err(ReferenceError::TooLong(_))));
+        assert!(matches!(
+            ImageRef::parse(&"a".repeat(300)),
+            Err(ReferenceError::TooLong(_))
+        ));
     }
 
     #[test]
