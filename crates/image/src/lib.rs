@@ -1,1 +1,43 @@
-//! placeholder
+//! runbox's image store: imports OCI images from untrusted files into a
+//! content-addressed store of verified blobs and unpacked, read-only layers that
+//! the sandbox mounts as overlayfs lower directories.
+//!
+//! The files an import reads are hostile until proven otherwise: every blob is
+//! checked against its descriptor (size, sha256) before anything parses or
+//! decompresses it, every layer's uncompressed digest must match the config, and
+//! layers are unpacked by hand so no tar entry can reach outside the layer root
+//! (see `unpack`). Bounds on everything an import reads or creates live in
+//! [`ImportLimits`].
+//!
+//! ```no_run
+//! use runbox_image::{ImportOptions, NoProgress, Store, StoreOptions};
+//! # fn main() -> Result<(), runbox_image::ImageError> {
+//! let store = Store::open("/var/lib/runbox", StoreOptions::default())?;
+//! let report = store.import(
+//!     std::path::Path::new("busybox.tar"),
+//!     &ImportOptions { name: Some("busybox:1.36".into()) },
+//!     &NoProgress,
+//! )?;
+//! let image = store.resolve("busybox:1.36")?;
+//! assert_eq!(image.manifest_digest, report.image.manifest_digest);
+//! # Ok(()) }
+//! ```
+
+mod blob;
+mod error;
+mod fsutil;
+mod import;
+mod limits;
+mod progress;
+mod record;
+mod source;
+mod store;
+mod unpack;
+pub mod writer;
+
+pub use error::{ImageError, Result, UnsafeEntry};
+pub use import::{ImportOptions, ImportReport};
+pub use limits::ImportLimits;
+pub use progress::{ImportProgress, NoProgress};
+pub use record::{host_platform, ImageConfig, ImageRecord, LayerRef};
+pub use store::{DiskUsage, GcReport, RemoveReport, Store, StoreLease, StoreOptions};

@@ -1,1 +1,6 @@
-//! placeholder
+//! Test helpers shared by runbox's crates (not shipped): OCI images built from the
+//! host's busybox ([`oci`]), and hostile tar streams, layouts and archives that
+//! safe builders refuse to write ([`hostile`]).
+
+pub mod hostile;
+pub mod oci;
