@@ -88,3 +88,28 @@ pub unsafe fn fork_into(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Re
         }
     }
 }
+
+/// A plain fork by raw `clone3` (no namespaces, no pidfd), bypassing the libc's
+/// fork handlers, which may take locks a post-fork child cannot. Returns `None` in
+/// the child and the child's pid in the parent.
+pub fn fork_plain() -> io::Result<Option<i32>> {
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: as in `fork_into`: valid clone_args, a zero stack makes this a fork.
+    // It is only called from a single-threaded post-fork child, which already obeys
+    // the async-signal-safe rules that both sides keep following.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as i32)),
+    }
+}

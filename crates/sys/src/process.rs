@@ -76,3 +76,158 @@ pub fn drop_bounding_set(cap_last: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Resets every signal to its default action and unblocks all signals, so the
+/// program does not inherit runbox's dispositions (Rust ignores SIGPIPE, for one).
+/// Async-signal-safe.
+pub fn reset_signals() -> io::Result<()> {
+    /// The kernel's `struct sigaction` (not libc's): handler, flags, restorer, mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // The raw system call, because libc wrappers refuse the signals the libc reserves
+    // for itself (32 and 33 in glibc), which may still arrive ignored.
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads a valid kernel sigaction (SIG_DFL, no flags) of
+        // the size we pass (8 bytes of mask); no old action is requested.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+    // SAFETY: an empty set built by sigemptyset; the old mask is not requested.
+    let ret = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(ret))
+    }
+}
+
+/// Where the kernel keeps this process's argument and environment strings (what
+/// `/proc/<pid>/cmdline` and `environ` show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgRegions {
+    arg: (usize, usize),
+    env: (usize, usize),
+}
+
+impl ArgRegions {
+    /// Reads the regions from `/proc/self/stat` (fields 48-51).
+    pub fn of_current_process() -> io::Result<ArgRegions> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat");
+        let after = stat
+            .get(stat.rfind(')').ok_or_else(bad)? + 2..)
+            .ok_or_else(bad)?;
+        // `after` starts at field 3; fields 48..=51 are at indexes 45..=48.
+        let f: Vec<usize> = after
+            .split_whitespace()
+            .skip(45)
+            .take(4)
+            .map(|x| x.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if f.len() != 4 || f[0] > f[1] || f[2] > f[3] {
+            return Err(bad());
+        }
+        Ok(ArgRegions {
+            arg: (f[0], f[1]),
+            env: (f[2], f[3]),
+        })
+    }
+
+    /// Overwrites this process's copy of its arguments and environment with zeros,
+    /// so a forked child shows neither. Async-signal-safe.
+    pub fn scrub(&self) {
+        for (start, end) in [self.arg, self.env] {
+            if start != 0 && end > start {
+                // SAFETY: the kernel reported these ranges for this process (or for
+                // the process this one is a fork of, whose address space it copies):
+                // they are mapped and writable (the initial stack). No Rust
+                // reference points into them; std keeps only raw argv pointers,
+                // which stay valid and now read empty strings.
+                unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+            }
+        }
+    }
+}
+
+/// Closes every descriptor except `keep`.
+pub fn close_all_except(keep: i32) -> io::Result<()> {
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range only closes descriptors of this process; callers use it
+    // in a forked child where no Rust object owns the closed descriptors any more.
+    let ret = unsafe {
+        let a = if keep > 0 {
+            libc::syscall(
+                libc::SYS_close_range,
+                0 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            )
+        } else {
+            0
+        };
+        let b = libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+        a | b
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `wait4(-1, ..., __WALL)`: reaps any child; returns its pid and raw wait status.
+pub fn wait_any() -> io::Result<(i32, i32)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: wait4 writes the status into our local; no rusage requested.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut()) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok((pid, status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arg_regions_cover_our_own_arguments() {
+        let r = ArgRegions::of_current_process().unwrap();
+        let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+        assert_eq!(r.arg.1 - r.arg.0, cmdline.len());
+        // SAFETY: the range is our own, mapped argument strings, read while alive.
+        let bytes = unsafe { std::slice::from_raw_parts(r.arg.0 as *const u8, r.arg.1 - r.arg.0) };
+        assert_eq!(bytes, cmdline.as_slice());
+    }
+}

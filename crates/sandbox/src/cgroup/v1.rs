@@ -76,7 +76,7 @@ impl Cgroups for CgroupsV1 {
         let job = self.job(name);
         let result = (|| {
             for dir in job.dirs() {
-                std::fs::create_dir(&dir).map_err(|e| CgroupError::io(&dir, e))?;
+                std::fs::create_dir(dir).map_err(|e| CgroupError::io(dir, e))?;
             }
             let mem = limits.memory_bytes.to_string();
             write_text(&job.memory.join("memory.limit_in_bytes"), &mem)?;

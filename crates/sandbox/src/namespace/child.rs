@@ -45,6 +45,7 @@ pub(crate) enum Stage {
     Stdio,
     NoNewPrivs,
     Seccomp,
+    Signals,
     /// execve failed for every candidate path.
     Exec,
 }
@@ -52,7 +53,7 @@ pub(crate) enum Stage {
 impl Stage {
     pub(crate) fn from_u32(n: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 21] = [
+        const ALL: [Stage; 22] = [
             DeathSignal,
             JoinCgroup,
             Loopback,
@@ -73,6 +74,7 @@ impl Stage {
             Stdio,
             NoNewPrivs,
             Seccomp,
+            Signals,
             Exec,
         ];
         ALL.into_iter().find(|s| *s as u32 == n)
@@ -100,6 +102,7 @@ impl Stage {
             Stage::Stdio => "connecting stdin/stdout/stderr",
             Stage::NoNewPrivs => "setting no_new_privs",
             Stage::Seccomp => "installing the seccomp filter",
+            Stage::Signals => "resetting signal handling",
             Stage::Exec => "executing the command",
         }
     }
@@ -135,6 +138,8 @@ impl ChildError {
 pub(crate) const READY: u8 = b'R';
 /// The byte the parent sends once the maps are written and the inputs placed.
 pub(crate) const GO: u8 = b'G';
+/// Init's report when the program ends: this byte, then its wait status (4 bytes LE).
+pub(crate) const STATUS: u8 = b'S';
 
 /// Everything the child needs, prepared by the parent before the fork.
 pub(crate) struct ChildPlan<'a> {
@@ -171,6 +176,8 @@ pub(crate) struct ChildPlan<'a> {
     pub candidates: &'a [CString],
     pub seccomp: &'a [seccompiler::sock_filter],
     pub cap_last: u32,
+    /// runbox's own argv/environment memory, wiped in the child.
+    pub arg_regions: &'a runbox_sys::process::ArgRegions,
 }
 
 type Step<T> = Result<T, ChildError>;
@@ -227,6 +234,9 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Stage::DeathSignal))?;
     rustix::process::umask(Mode::empty());
+    // This process becomes the sandbox's pid 1, whose command line anyone inside can
+    // read: it must not show runbox's own arguments (or environment).
+    p.arg_regions.scrub();
 
     for fd in p.cgroup_procs {
         rustix::io::write(fd, b"0").map_err(at(Stage::JoinCgroup))?;
@@ -302,28 +312,31 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         exit_now(125);
     }
 
+    // This process stays as the sandbox's init (pid 1); the program runs as its child.
+    // The kernel ignores signals that pid 1 has no handler for unless they come from
+    // an ancestor namespace, so a program that is pid 1 would survive SIGXFSZ,
+    // SIGXCPU and SIGPIPE, and nothing would reap orphans.
+    match runbox_sys::fork::fork_plain().map_err(io_at(Stage::Exec))? {
+        None => program(p),
+        Some(pid) => init(p, pid),
+    }
+}
+
+/// The program's process: drops every privilege and execs.
+fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
+    use rustix::process::Signal;
     runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
     rustix::thread::set_thread_groups(p.groups).map_err(at(Stage::SetIds))?;
     let gid = rustix::process::Gid::from_raw(p.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(at(Stage::SetIds))?;
     let uid = rustix::process::Uid::from_raw(p.uid);
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(at(Stage::SetIds))?;
-    let none = rustix::thread::CapabilitySet::empty();
-    rustix::thread::set_capabilities(
-        None,
-        rustix::thread::CapabilitySets {
-            effective: none,
-            permitted: none,
-            inheritable: none,
-        },
-    )
-    .map_err(at(Stage::DropCapabilities))?;
-    rustix::thread::clear_ambient_capability_set().map_err(at(Stage::DropCapabilities))?;
+    drop_capabilities()?;
     // Changing credentials cleared the death signal; set it again, then make sure
-    // the parent did not die in between (its end of the socket would be closed).
+    // init did not die in between (we would have been reparented).
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Stage::DeathSignal))?;
-    if parent_gone(p.sync) {
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(1) {
         exit_now(125);
     }
 
@@ -340,6 +353,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     rustix::process::fchdir(&wd).map_err(at(Stage::Workdir))?;
     rustix::process::umask(Mode::from_raw_mode(0o022));
 
+    runbox_sys::process::reset_signals().map_err(io_at(Stage::Signals))?;
     dup_onto(p.stdin, 0)?;
     dup_onto(p.stdout, 1)?;
     dup_onto(p.stderr, 2)?;
@@ -375,6 +389,50 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         stage: Stage::Exec,
         errno,
     })
+}
+
+fn drop_capabilities() -> Step<()> {
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )
+    .map_err(at(Stage::DropCapabilities))?;
+    rustix::thread::clear_ambient_capability_set().map_err(at(Stage::DropCapabilities))
+}
+
+/// The sandbox's init: reaps every process that ends, and when the program ends,
+/// reports its wait status to the parent and exits (which ends the sandbox). It
+/// keeps only the sync socket, holds no capability, and is not dumpable, so the
+/// processes in the sandbox cannot read its memory or environment.
+fn init(p: &ChildPlan<'_>, program: i32) -> ! {
+    use std::os::fd::AsRawFd;
+    // Without the parent's stdio and the pipes, EOF on the job's stdout reaches the
+    // parent as soon as the program's side closes, and exec success shows on the
+    // error pipe.
+    let _ = runbox_sys::process::close_all_except(p.sync.as_raw_fd());
+    let _ = rustix::thread::set_name(c"init");
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let _ = runbox_sys::process::drop_bounding_set(p.cap_last);
+    let _ = drop_capabilities();
+    loop {
+        match runbox_sys::process::wait_any() {
+            Ok((pid, status)) if pid == program => {
+                let mut msg = [0u8; 5];
+                msg[0] = STATUS;
+                msg[1..].copy_from_slice(&status.to_le_bytes());
+                let _ = rustix::io::write(p.sync, &msg);
+                exit_now(0);
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => exit_now(0),
+        }
+    }
 }
 
 /// Creates, on the fresh tmpfs: `upper/` (owned by root inside) with /dev, /proc,
@@ -478,21 +536,4 @@ fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Step<()> {
         _ => rustix::stdio::dup2_stderr(fd),
     }
     .map_err(at(Stage::Stdio))
-}
-
-fn parent_gone(sync: BorrowedFd<'_>) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags};
-    let mut fds = [PollFd::new(&sync, PollFlags::IN)];
-    match poll(
-        &mut fds,
-        Some(&rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        }),
-    ) {
-        Ok(_) => fds[0]
-            .revents()
-            .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::IN),
-        Err(_) => true,
-    }
 }

@@ -89,6 +89,7 @@ pub struct NamespaceBackend {
     proc_dir: CString,
     empty_layer: String,
     cap_last: u32,
+    arg_regions: runbox_sys::process::ArgRegions,
     /// `<pid>.<start time>` of this process: the owner tag of its cgroups.
     instance: String,
 }
@@ -136,6 +137,8 @@ impl NamespaceBackend {
             cgroups,
             seccomp,
             cap_last,
+            arg_regions: runbox_sys::process::ArgRegions::of_current_process()
+                .map_err(|e| SandboxError::io("reading /proc/self/stat", e))?,
             instance: instance_tag(std::process::id() as i32).ok_or_else(|| {
                 SandboxError::io("reading /proc/self/stat", io::Error::other("unparsable"))
             })?,
@@ -380,6 +383,7 @@ impl Backend for NamespaceBackend {
             candidates: &candidates_c,
             seccomp: &self.seccomp,
             cap_last: self.cap_last,
+            arg_regions: &self.arg_regions,
         };
         let ns = flags::NEWNS | flags::NEWPID | flags::NEWNET | flags::NEWIPC | flags::NEWUTS;
         let (pid, pidfd) =
@@ -431,6 +435,7 @@ impl Backend for NamespaceBackend {
                 stdout: stdout_r,
                 stderr: stderr_r,
                 err: err_r,
+                sync: sync_parent,
             },
             &plan.stdin,
             l,

@@ -11,7 +11,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
-use super::child::ChildError;
+use super::child::{ChildError, STATUS};
 use crate::cgroup::{CgroupStats, JobCgroup};
 use crate::{JobEvents, SandboxError};
 
@@ -67,6 +67,8 @@ pub(crate) struct Pipes {
     pub stderr: OwnedFd,
     /// The child's error pipe: EOF means exec succeeded.
     pub err: OwnedFd,
+    /// The sync socket: init reports the program's wait status on it.
+    pub sync: OwnedFd,
 }
 
 pub(crate) struct Outcome {
@@ -112,6 +114,8 @@ pub(crate) fn supervise(
     let mut stderr = Capture::new(limits.output_bytes);
     let (mut out_open, mut err_open, mut errpipe_open) = (true, true, true);
     let mut child_error = None;
+    let mut program_status: Option<i32> = None;
+    let mut sync_open = true;
     let mut exit: Option<(Exit, Instant)> = None;
     let mut killed = None;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -155,8 +159,8 @@ pub(crate) fn supervise(
             None
         };
 
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
-        let mut slots = [usize::MAX; 5]; // stdout, stderr, err, pid, stdin
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(6);
+        let mut slots = [usize::MAX; 6]; // stdout, stderr, err, pid, stdin, sync
         if out_open {
             slots[0] = fds.len();
             fds.push(PollFd::new(&pipes.stdout, PollFlags::IN));
@@ -177,19 +181,29 @@ pub(crate) fn supervise(
             slots[4] = fds.len();
             fds.push(PollFd::new(w, PollFlags::OUT));
         }
+        if sync_open && exit.is_none() {
+            slots[5] = fds.len();
+            fds.push(PollFd::new(&pipes.sync, PollFlags::IN));
+        }
         match poll(&mut fds, timeout.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(SandboxError::io("waiting for the job", e)),
         }
         let ready = |i: usize| i != usize::MAX && !fds[i].revents().is_empty();
-        let (r_out, r_err, r_errpipe, r_pid, r_in) = (
+        let (r_out, r_err, r_errpipe, r_pid, r_in, r_sync) = (
             ready(slots[0]),
             ready(slots[1]),
             ready(slots[2]),
             ready(slots[3]),
             ready(slots[4]),
+            ready(slots[5]),
         );
         drop(fds);
+
+        if r_sync || r_pid {
+            // Init writes the status just before it exits, so read it before reaping.
+            sync_open = read_status(&pipes.sync, &mut program_status);
+        }
 
         if r_out {
             out_open = drain(&pipes.stdout, &mut buf, |c| events.stdout(stdout.push(c)));
@@ -230,11 +244,13 @@ pub(crate) fn supervise(
                 WaitId::PidFd(pidfd.as_fd()),
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
             ) {
-                Ok(Some(st)) => {
-                    let e = match (st.exit_status(), st.terminating_signal()) {
-                        (Some(code), _) => Exit::Code(code),
-                        (None, Some(sig)) => Exit::Signal(sig),
-                        (None, None) => Exit::Signal(libc::SIGKILL),
+                Ok(Some(_init_status)) => {
+                    // Init ends right after the program, and reports the program's own
+                    // status. No report means init was killed (by us, for a limit):
+                    // everything in the sandbox died of SIGKILL.
+                    let e = match program_status {
+                        Some(raw) => decode_wait_status(raw),
+                        None => Exit::Signal(libc::SIGKILL),
                     };
                     exit = Some((e, Instant::now()));
                     // Nobody is left to read stdin.
@@ -254,6 +270,30 @@ pub(crate) fn supervise(
         child_error,
         exited_at,
     })
+}
+
+/// Reads init's status report if one is waiting; returns whether the socket is open.
+fn read_status(sync: &OwnedFd, status: &mut Option<i32>) -> bool {
+    let mut msg = [0u8; 5];
+    match rustix::net::recv(sync, &mut msg, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((5, _)) if msg[0] == STATUS => {
+            *status = Some(i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]));
+            true
+        }
+        Ok((0, _)) => false,
+        Ok(_) => true,
+        Err(Errno::AGAIN | Errno::INTR) => true,
+        Err(_) => false,
+    }
+}
+
+/// A raw `wait` status as exit code or signal.
+pub(crate) fn decode_wait_status(raw: i32) -> Exit {
+    if raw & 0x7f == 0 {
+        Exit::Code((raw >> 8) & 0xff)
+    } else {
+        Exit::Signal(raw & 0x7f)
+    }
 }
 
 /// Reads what is available; returns whether the pipe is still open.
@@ -313,6 +353,18 @@ pub(crate) fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_statuses_decode() {
+        assert_eq!(decode_wait_status(0), Exit::Code(0));
+        assert_eq!(decode_wait_status(3 << 8), Exit::Code(3));
+        assert_eq!(decode_wait_status(9), Exit::Signal(9));
+        assert_eq!(
+            decode_wait_status(0x80 | 11),
+            Exit::Signal(11),
+            "core dumped"
+        );
+    }
 
     #[test]
     fn capture_keeps_up_to_cap_and_counts_all() {

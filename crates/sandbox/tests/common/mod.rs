@@ -166,3 +166,103 @@ fn rand_id() -> u64 {
     );
     h.finish()
 }
+
+impl Env {
+    /// The image plus one more layer, filled in by `fill` (owned by root inside).
+    pub fn image_with(&self, name: &str, fill: impl FnOnce(&Path)) -> RunImage {
+        let layer = self.image.layers_dir.join(name);
+        std::fs::create_dir_all(&layer).unwrap();
+        fill(&layer);
+        chown_tree(&layer, id_map());
+        let mut img = self.image.clone();
+        img.layers.push(name.into());
+        img
+    }
+
+    /// Runs with a given image; returns the error as well.
+    pub fn try_run_with(
+        &self,
+        spec: JobSpec,
+        image: RunImage,
+    ) -> Result<runbox_core::JobResult, runbox_sandbox::SandboxError> {
+        self.backend
+            .run(&self.plan_with(spec, image), &mut NoEvents)
+    }
+}
+
+/// Host processes whose uid lies in the sandbox id range (should be none between jobs).
+pub fn sandbox_processes() -> Vec<String> {
+    let map = id_map();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uid: Option<u32> = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse().ok());
+        if uid.is_some_and(|u| u >= map.base && u < map.base + IdMap::SIZE) {
+            found.push(status.lines().next().unwrap_or("").to_string());
+        }
+    }
+    found
+}
+
+/// Mount points of the host's mount namespace.
+pub fn host_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// Job cgroups this test process owns, in any v1 hierarchy or v2.
+pub fn own_cgroups() -> Vec<String> {
+    let prefix = format!("{}.", std::process::id());
+    let mut out = Vec::new();
+    for base in [
+        "/sys/fs/cgroup/memory/runbox",
+        "/sys/fs/cgroup/pids/runbox",
+        "/sys/fs/cgroup/cpu/runbox",
+        "/sys/fs/cgroup/cpuacct/runbox",
+        "/sys/fs/cgroup/runbox",
+    ] {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            out.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix)),
+            );
+        }
+    }
+    out
+}
+
+/// A file in a fresh directory on the host, with known content, for "host unchanged" checks.
+pub struct Sentinel {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+}
+
+impl Sentinel {
+    pub const CONTENT: &'static str = "host sentinel\n";
+    pub fn new() -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sentinel");
+        std::fs::write(&file, Self::CONTENT).unwrap();
+        Sentinel { dir, file }
+    }
+    /// The directory holds only the sentinel, unchanged.
+    pub fn assert_untouched(&self) {
+        assert_eq!(std::fs::read_to_string(&self.file).unwrap(), Self::CONTENT);
+        let entries: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("sentinel")]);
+    }
+}
