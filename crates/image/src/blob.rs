@@ -49,7 +49,11 @@ pub(crate) fn copy_verified(
 ) -> Result<StagedBlob> {
     let what = expect.what;
     let file = source.open_file(name, what, links)?;
-    let digest_label = || expect.digest.map_or_else(|| name.to_owned(), |d| d.to_string());
+    let digest_label = || {
+        expect
+            .digest
+            .map_or_else(|| name.to_owned(), |d| d.to_string())
+    };
     // The source knows the size already: reject a mismatch without reading.
     if let Some(size) = expect.size {
         if file.size != size {
@@ -108,7 +112,8 @@ pub(crate) fn copy_verified(
                 });
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| ImageError::io("writing", &tmp, e))?;
+            out.write_all(&buf[..n])
+                .map_err(|e| ImageError::io("writing", &tmp, e))?;
             progress.bytes(n as u64);
         }
         if let Some(size) = expect.size {
@@ -134,7 +139,11 @@ pub(crate) fn copy_verified(
         let dest = dest_dir.join(actual.hex());
         std::fs::rename(&tmp, &dest).map_err(|e| ImageError::io("renaming", &dest, e))?;
         progress.blob_finished(&actual, total);
-        Ok(StagedBlob { digest: actual, size: total, path: dest })
+        Ok(StagedBlob {
+            digest: actual,
+            size: total,
+            path: dest,
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -63,7 +63,11 @@ pub enum ImageError {
     #[error("the image store at {path} is in use by a running job or another runbox command; try again later")]
     StoreBusy { path: PathBuf },
     #[error("the image store at {path} was created with id base {store}, but id base {requested} was requested; layers are owned by shifted ids, so changing the id base needs a fresh store (a new data directory)")]
-    IdBaseMismatch { path: PathBuf, store: u32, requested: u32 },
+    IdBaseMismatch {
+        path: PathBuf,
+        store: u32,
+        requested: u32,
+    },
     #[error("id base {0} is too large: base + 65536 must fit in a 32-bit id")]
     IdBaseOutOfRange(u32),
     #[error("the image store file {path} is damaged: {reason}")]
@@ -71,7 +75,10 @@ pub enum ImageError {
     #[error("no image {reference:?} in the store")]
     NotFound { reference: String },
     #[error("{reference:?} matches several images: {}; give more characters", candidates.join(", "))]
-    AmbiguousReference { reference: String, candidates: Vec<String> },
+    AmbiguousReference {
+        reference: String,
+        candidates: Vec<String>,
+    },
     #[error("invalid image name {name:?}: {source}")]
     InvalidName {
         name: String,
@@ -92,9 +99,18 @@ pub enum ImageError {
         source: io::Error,
     },
     #[error("{what} {digest}: the content's digest is {actual}")]
-    DigestMismatch { what: String, digest: Digest, actual: Digest },
+    DigestMismatch {
+        what: String,
+        digest: Digest,
+        actual: Digest,
+    },
     #[error("{what} {digest}: the descriptor says {expected} bytes but the content has {actual}")]
-    SizeMismatch { what: String, digest: String, expected: u64, actual: String },
+    SizeMismatch {
+        what: String,
+        digest: String,
+        expected: u64,
+        actual: String,
+    },
     #[error("{what} is {size} bytes, more than the limit of {limit}")]
     DocumentTooLarge { what: String, size: u64, limit: u64 },
     #[error("{what} is not valid: {reason}")]
@@ -106,7 +122,10 @@ pub enum ImageError {
     #[error("layer {digest} is a foreign / non-distributable layer ({media_type}); its content is not in the image and runbox does not download it")]
     NonDistributableLayer { digest: Digest, media_type: String },
     #[error("the image has no variant for this host's platform {wanted}; available: {}", if available.is_empty() { "none".to_owned() } else { available.join(", ") })]
-    NoMatchingPlatform { wanted: String, available: Vec<String> },
+    NoMatchingPlatform {
+        wanted: String,
+        available: Vec<String>,
+    },
     #[error("the image source holds several images ({}); name the one to import with a name that matches its tag", candidates.join(", "))]
     SeveralImages { candidates: Vec<String> },
     #[error("the image index nests more than {0} levels deep")]
@@ -116,15 +135,27 @@ pub enum ImageError {
     #[error("the image has {count} layers, more than the limit of {limit}")]
     TooManyLayers { count: usize, limit: usize },
     #[error("layer {layer}: the uncompressed content's digest is {actual}, but the config says {expected}")]
-    DiffIdMismatch { layer: Digest, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("layer {layer} is larger than {limit} bytes uncompressed")]
     LayerTooLarge { layer: Digest, limit: u64 },
     #[error("layer {layer} has more than {limit} entries")]
     TooManyEntries { layer: Digest, limit: u64 },
     #[error("layer {layer}: a tar extension header (long name or pax) of {size} bytes is larger than the limit of {limit}")]
-    TarHeaderTooLarge { layer: Digest, size: u64, limit: u64 },
+    TarHeaderTooLarge {
+        layer: Digest,
+        size: u64,
+        limit: u64,
+    },
     #[error("layer {layer}: refused tar entry {entry:?}: {reason}")]
-    UnsafeTarEntry { layer: Digest, entry: String, reason: UnsafeEntry },
+    UnsafeTarEntry {
+        layer: Digest,
+        entry: String,
+        reason: UnsafeEntry,
+    },
     #[error("layer {layer} is not a valid {format} stream (at entry {entry:?}): {source}")]
     LayerFormat {
         layer: Digest,
@@ -204,6 +235,10 @@ impl ImageError {
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        ImageError::Io { op, path: path.into(), source }
+        ImageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -92,7 +92,10 @@ pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()
 /// Removes a path of the store (file or tree) without following symlinks below it.
 pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot remove a root path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cannot remove a root path",
+        ));
     };
     let parent = match open_dir(parent) {
         Ok(fd) => fd,
@@ -104,7 +107,11 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// A file name unique to this process and call: `prefix-<pid>-<random>`.
 pub(crate) fn unique_name(prefix: &str) -> String {
-    format!("{prefix}-{}-{:016x}", std::process::id(), rand::random::<u64>())
+    format!(
+        "{prefix}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
 }
 
 /// Writes `bytes` to `dest` atomically: a temp file in `tmp_dir` (same filesystem),

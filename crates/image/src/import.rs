@@ -27,7 +27,9 @@ use crate::progress::ImportProgress;
 use crate::record::{host_platform, ImageConfig, ImageRecord, LayerRef};
 use crate::source::{normalize_member, Links, Source};
 use crate::store::{LayerMarker, Store};
-use crate::unpack::{check_layer_media_type, sniff_compression, unpack_layer, Compression, LayerJob};
+use crate::unpack::{
+    check_layer_media_type, sniff_compression, unpack_layer, Compression, LayerJob,
+};
 
 const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -157,7 +159,14 @@ impl Store {
         let _lease = self.lock_shared()?;
         let staging = Staging::new(self.tmp_dir())?;
         let source = Source::open(path, &staging.path, &self.limits)?;
-        let ctx = Ctx { store: self, source: &source, staging: &staging, progress, cancel: AtomicBool::new(false), wanted };
+        let ctx = Ctx {
+            store: self,
+            source: &source,
+            staging: &staging,
+            progress,
+            cancel: AtomicBool::new(false),
+            wanted,
+        };
 
         let plan = if source.has_file("index.json") {
             plan_oci(&ctx)?
@@ -166,16 +175,20 @@ impl Store {
         } else {
             return Err(ImageError::UnrecognizedInput {
                 path: path.to_owned(),
-                reason: "it has neither index.json (OCI layout) nor manifest.json (docker save)".into(),
+                reason: "it has neither index.json (OCI layout) nor manifest.json (docker save)"
+                    .into(),
             });
         };
 
         // Already here? (Same manifest, or for docker-save the same config, whose
         // diff_ids pin the layer contents.)
-        let existing = self.load_records()?.into_iter().find(|r| match &plan.manifest {
-            Some(m) => r.manifest_digest == m.digest,
-            None => r.config_digest == plan.config.digest,
-        });
+        let existing = self
+            .load_records()?
+            .into_iter()
+            .find(|r| match &plan.manifest {
+                Some(m) => r.manifest_digest == m.digest,
+                None => r.config_digest == plan.config.digest,
+            });
         if let Some(record) = existing {
             let image = self.commit_names(&record.manifest_digest, &plan.names)?;
             return Ok(ImportReport {
@@ -205,7 +218,10 @@ impl Store {
         for (lp, d) in plan.layers.iter().zip(&done) {
             let unpacked_size = match sizes.get(&lp.diff_id) {
                 Some(b) => *b,
-                None => self.read_marker(&lp.diff_id).map(|m| m.unpacked_bytes).unwrap_or(0),
+                None => self
+                    .read_marker(&lp.diff_id)
+                    .map(|m| m.unpacked_bytes)
+                    .unwrap_or(0),
             };
             if d.unpacked.is_some() {
                 unpacked += 1;
@@ -228,10 +244,18 @@ impl Store {
             layers,
             config: image_config(&plan.config_doc),
             platform: plan.platform.clone(),
-            imported_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            imported_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         let (image, already_present) = self.commit(&staging, record, &done, &plan.layers)?;
-        Ok(ImportReport { image, already_present, layers_unpacked: unpacked, layers_reused: reused, bytes_read })
+        Ok(ImportReport {
+            image,
+            already_present,
+            layers_unpacked: unpacked,
+            layers_reused: reused,
+            bytes_read,
+        })
     }
 
     fn read_marker(&self, diff_id: &Digest) -> Option<LayerMarker> {
@@ -244,7 +268,9 @@ impl Store {
         let _index = self.lock_index()?;
         let mut records = self.load_records()?;
         let Some(i) = records.iter().position(|r| r.manifest_digest == *manifest) else {
-            return Err(ImageError::Internal("the record vanished during import".into()));
+            return Err(ImageError::Internal(
+                "the record vanished during import".into(),
+            ));
         };
         if names.iter().all(|n| records[i].names.contains(n)) {
             return Ok(records[i].clone());
@@ -265,22 +291,33 @@ impl Store {
         plans: &[LayerPlan],
     ) -> Result<(ImageRecord, bool)> {
         // Everything staged reaches the disk before a marker or record names it.
-        let fd = fsutil::open_dir(&staging.path).map_err(|e| ImageError::io("opening", &staging.path, e))?;
+        let fd = fsutil::open_dir(&staging.path)
+            .map_err(|e| ImageError::io("opening", &staging.path, e))?;
         rustix::fs::syncfs(&fd).map_err(|e| ImageError::io("syncing", &staging.path, e.into()))?;
 
         let _index = self.lock_index()?;
         let blobs_dir = staging.blobs();
-        for name in std::fs::read_dir(&blobs_dir).map_err(|e| ImageError::io("reading", &blobs_dir, e))? {
-            let name = name.map_err(|e| ImageError::io("reading", &blobs_dir, e))?.file_name();
-            let Some(hex) = name.to_str().filter(|n| Digest::from_hex(n).is_ok()) else { continue };
+        for name in
+            std::fs::read_dir(&blobs_dir).map_err(|e| ImageError::io("reading", &blobs_dir, e))?
+        {
+            let name = name
+                .map_err(|e| ImageError::io("reading", &blobs_dir, e))?
+                .file_name();
+            let Some(hex) = name.to_str().filter(|n| Digest::from_hex(n).is_ok()) else {
+                continue;
+            };
             let from = blobs_dir.join(hex);
             let to = self.blob_path(&Digest::from_hex(hex).expect("checked"));
             std::fs::rename(&from, &to).map_err(|e| ImageError::io("renaming", &to, e))?;
         }
-        let layers_dir = fsutil::open_dir(self.layers_dir()).map_err(|e| ImageError::io("opening", self.layers_dir(), e))?;
-        let staged_layers = fsutil::open_dir(&staging.layers()).map_err(|e| ImageError::io("opening", staging.layers(), e))?;
+        let layers_dir = fsutil::open_dir(self.layers_dir())
+            .map_err(|e| ImageError::io("opening", self.layers_dir(), e))?;
+        let staged_layers = fsutil::open_dir(&staging.layers())
+            .map_err(|e| ImageError::io("opening", staging.layers(), e))?;
         for (plan, d) in plans.iter().zip(done) {
-            let Some((bytes, entries)) = d.unpacked else { continue };
+            let Some((bytes, entries)) = d.unpacked else {
+                continue;
+            };
             let hex = plan.diff_id.hex();
             if self.layer_complete(&plan.diff_id) {
                 continue; // another import finished it meanwhile
@@ -288,19 +325,41 @@ impl Store {
             // A directory without a marker is a crashed commit's: replace it.
             fsutil::remove_tree_at(layers_dir.as_fd(), OsStr::new(hex))
                 .map_err(|e| ImageError::io("removing", self.layer_dir(&plan.diff_id), e))?;
-            match rustix::fs::renameat_with(&staged_layers, hex, &layers_dir, hex, RenameFlags::NOREPLACE) {
+            match rustix::fs::renameat_with(
+                &staged_layers,
+                hex,
+                &layers_dir,
+                hex,
+                RenameFlags::NOREPLACE,
+            ) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::NOENT) => continue, // duplicate diff_id, moved already
-                Err(e) => return Err(ImageError::io("renaming", self.layer_dir(&plan.diff_id), e.into())),
+                Err(e) => {
+                    return Err(ImageError::io(
+                        "renaming",
+                        self.layer_dir(&plan.diff_id),
+                        e.into(),
+                    ))
+                }
             }
-            let marker = LayerMarker { diff_id: plan.diff_id.clone(), unpacked_bytes: bytes, entries };
+            let marker = LayerMarker {
+                diff_id: plan.diff_id.clone(),
+                unpacked_bytes: bytes,
+                entries,
+            };
             self.write_json(&self.marker_path(&plan.diff_id), &marker)?;
         }
         let mut records = self.load_records()?;
-        let (i, existed) = match records.iter().position(|r| r.manifest_digest == record.manifest_digest) {
+        let (i, existed) = match records
+            .iter()
+            .position(|r| r.manifest_digest == record.manifest_digest)
+        {
             Some(i) => (i, true),
             None => {
-                records.push(ImageRecord { names: Vec::new(), ..record.clone() });
+                records.push(ImageRecord {
+                    names: Vec::new(),
+                    ..record.clone()
+                });
                 (records.len() - 1, false)
             }
         };
@@ -326,8 +385,10 @@ fn assign_names(records: &mut [ImageRecord], i: usize, names: &[String]) {
 }
 
 fn parse_wanted_name(name: &str) -> Result<ImageRef> {
-    let r = ImageRef::parse(name)
-        .map_err(|e| ImageError::InvalidName { name: name.to_owned(), source: e })?;
+    let r = ImageRef::parse(name).map_err(|e| ImageError::InvalidName {
+        name: name.to_owned(),
+        source: e,
+    })?;
     if r.digest.is_some() || r.name.is_none() {
         return Err(ImageError::InvalidNameForm {
             name: name.to_owned(),
@@ -344,7 +405,11 @@ fn is_plain_tag(s: &str) -> bool {
 }
 
 /// The names an imported image gets.
-fn choose_names(wanted: Option<&ImageRef>, ref_name: Option<&str>, full_names: &[String]) -> Vec<String> {
+fn choose_names(
+    wanted: Option<&ImageRef>,
+    ref_name: Option<&str>,
+    full_names: &[String],
+) -> Vec<String> {
     if let Some(w) = wanted {
         let name = w.name.as_deref().unwrap_or_default();
         let tag = match (&w.tag, ref_name) {
@@ -377,14 +442,19 @@ fn choose_names(wanted: Option<&ImageRef>, ref_name: Option<&str>, full_names: &
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ImageError::InvalidDocument { what: what.to_owned(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| ImageError::InvalidDocument {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn to_digest(d: &oci_spec::image::Digest, what: &str) -> Result<Digest> {
     d.to_string()
         .parse()
-        .map_err(|_| ImageError::UnsupportedDigest { what: what.to_owned(), digest: d.to_string() })
+        .map_err(|_| ImageError::UnsupportedDigest {
+            what: what.to_owned(),
+            digest: d.to_string(),
+        })
 }
 
 fn host_platform_string() -> String {
@@ -411,13 +481,22 @@ impl Ctx<'_> {
         let digest = to_digest(desc.digest(), what)?;
         let max = self.store.limits.max_document_bytes;
         if desc.size() > max {
-            return Err(ImageError::DocumentTooLarge { what: format!("{what} {digest}"), size: desc.size(), limit: max });
+            return Err(ImageError::DocumentTooLarge {
+                what: format!("{what} {digest}"),
+                size: desc.size(),
+                limit: max,
+            });
         }
         let blob = copy_verified(
             self.source,
             &format!("blobs/sha256/{}", digest.hex()),
             Links::Refuse,
-            Expect { what, digest: Some(&digest), size: Some(desc.size()), max },
+            Expect {
+                what,
+                digest: Some(&digest),
+                size: Some(desc.size()),
+                max,
+            },
             &self.staging.blobs(),
             self.progress,
             &self.cancel,
@@ -428,7 +507,12 @@ impl Ctx<'_> {
 }
 
 /// Picks the image for this host from an index, descending nested indexes.
-fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_ref: Option<String>) -> Result<(Descriptor, Option<String>)> {
+fn select_manifest(
+    ctx: &Ctx<'_>,
+    index: &ImageIndex,
+    depth: usize,
+    inherited_ref: Option<String>,
+) -> Result<(Descriptor, Option<String>)> {
     if depth > MAX_INDEX_DEPTH {
         return Err(ImageError::IndexTooDeep(MAX_INDEX_DEPTH));
     }
@@ -437,10 +521,20 @@ fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_re
     for d in index.manifests() {
         let mt = d.media_type().to_string();
         let ann = d.annotations().as_ref();
-        if ann.and_then(|a| a.get("vnd.docker.reference.type")).is_some_and(|t| t == "attestation-manifest") {
+        if ann
+            .and_then(|a| a.get("vnd.docker.reference.type"))
+            .is_some_and(|t| t == "attestation-manifest")
+        {
             continue;
         }
-        if ![MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST].contains(&mt.as_str()) {
+        if ![
+            MT_OCI_INDEX,
+            MT_DOCKER_LIST,
+            MT_OCI_MANIFEST,
+            MT_DOCKER_MANIFEST,
+        ]
+        .contains(&mt.as_str())
+        {
             continue;
         }
         if let Some(p) = d.platform() {
@@ -455,7 +549,10 @@ fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_re
             }
         }
         let ref_name = ann
-            .and_then(|a| a.get(ANNOTATION_CONTAINERD_NAME).or_else(|| a.get(ANNOTATION_REF_NAME)))
+            .and_then(|a| {
+                a.get(ANNOTATION_CONTAINERD_NAME)
+                    .or_else(|| a.get(ANNOTATION_REF_NAME))
+            })
             .cloned()
             .or_else(|| inherited_ref.clone());
         candidates.push((d, ref_name));
@@ -467,7 +564,11 @@ fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_re
             let picked: Vec<_> = candidates
                 .iter()
                 .filter(|(_, r)| match r {
-                    Some(r) => Some(r.clone()) == full || w.tag.as_deref() == Some(r.as_str()) || ImageRef::parse(r).ok().and_then(|x| x.name_with_tag()) == full,
+                    Some(r) => {
+                        Some(r.clone()) == full
+                            || w.tag.as_deref() == Some(r.as_str())
+                            || ImageRef::parse(r).ok().and_then(|x| x.name_with_tag()) == full
+                    }
                     None => false,
                 })
                 .cloned()
@@ -495,7 +596,10 @@ fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_re
         candidates.truncate(1);
     }
     let Some((desc, ref_name)) = candidates.into_iter().next() else {
-        return Err(ImageError::NoMatchingPlatform { wanted: host_platform_string(), available });
+        return Err(ImageError::NoMatchingPlatform {
+            wanted: host_platform_string(),
+            available,
+        });
     };
     let mt = desc.media_type().to_string();
     if mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST {
@@ -508,12 +612,20 @@ fn select_manifest(ctx: &Ctx<'_>, index: &ImageIndex, depth: usize, inherited_re
 
 fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
     let limits = &ctx.store.limits;
-    let layout = ctx.source.read_document("oci-layout", "oci-layout", limits.max_document_bytes);
+    let layout = ctx
+        .source
+        .read_document("oci-layout", "oci-layout", limits.max_document_bytes);
     match layout {
         Ok(b) => {
             let v: serde_json::Value = parse_json(&b, "oci-layout")?;
-            if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
-                return Err(ImageError::InvalidDocument { what: "oci-layout".into(), reason: "no imageLayoutVersion".into() });
+            if v.get("imageLayoutVersion")
+                .and_then(|v| v.as_str())
+                .is_none()
+            {
+                return Err(ImageError::InvalidDocument {
+                    what: "oci-layout".into(),
+                    reason: "no imageLayoutVersion".into(),
+                });
             }
         }
         Err(ImageError::MissingFile { .. }) => {
@@ -524,13 +636,19 @@ fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
         }
         Err(e) => return Err(e),
     }
-    let index_bytes = ctx.source.read_document("index.json", "index.json", limits.max_document_bytes)?;
+    let index_bytes =
+        ctx.source
+            .read_document("index.json", "index.json", limits.max_document_bytes)?;
     let index: ImageIndex = parse_json(&index_bytes, "index.json")?;
     let (desc, ref_name) = select_manifest(ctx, &index, 0, None)?;
     let (manifest_blob, manifest_bytes) = ctx.fetch_document(&desc, "manifest")?;
-    let manifest: ImageManifest = parse_json(&manifest_bytes, &format!("manifest {}", manifest_blob.digest))?;
+    let manifest: ImageManifest = parse_json(
+        &manifest_bytes,
+        &format!("manifest {}", manifest_blob.digest),
+    )?;
     let (config_blob, config_bytes) = ctx.fetch_document(manifest.config(), "config")?;
-    let config_doc: ImageConfiguration = parse_json(&config_bytes, &format!("config {}", config_blob.digest))?;
+    let config_doc: ImageConfiguration =
+        parse_json(&config_bytes, &format!("config {}", config_blob.digest))?;
     let diff_ids = check_config(&config_doc, manifest.layers().len(), limits.max_layers)?;
     let mut layers = Vec::new();
     for (d, diff_id) in manifest.layers().iter().zip(diff_ids) {
@@ -553,7 +671,11 @@ fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
         full_names.push(r.to_owned());
     }
     if full_names.is_empty() && ctx.wanted.is_none() {
-        if let Ok(Some(bytes)) = ctx.source.read_optional_document("manifest.json", "manifest.json", limits.max_document_bytes) {
+        if let Ok(Some(bytes)) = ctx.source.read_optional_document(
+            "manifest.json",
+            "manifest.json",
+            limits.max_document_bytes,
+        ) {
             if let Ok(entries) = serde_json::from_slice::<Vec<DockerManifest>>(&bytes) {
                 for e in entries {
                     if e.config.ends_with(config_blob.digest.hex()) {
@@ -575,7 +697,11 @@ fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
 }
 
 /// Checks what the config must say and returns its diff_ids.
-fn check_config(config: &ImageConfiguration, layers: usize, max_layers: usize) -> Result<Vec<Digest>> {
+fn check_config(
+    config: &ImageConfiguration,
+    layers: usize,
+    max_layers: usize,
+) -> Result<Vec<Digest>> {
     let os = config.os().to_string();
     let arch = config.architecture().to_string();
     if !platform_matches(&os, &arch, config.variant().as_deref()) {
@@ -592,29 +718,51 @@ fn check_config(config: &ImageConfiguration, layers: usize, max_layers: usize) -
     }
     let ids = config.rootfs().diff_ids();
     if ids.len() != layers {
-        return Err(ImageError::LayerCountMismatch { layers, diff_ids: ids.len() });
+        return Err(ImageError::LayerCountMismatch {
+            layers,
+            diff_ids: ids.len(),
+        });
     }
     if layers > max_layers {
-        return Err(ImageError::TooManyLayers { count: layers, limit: max_layers });
+        return Err(ImageError::TooManyLayers {
+            count: layers,
+            limit: max_layers,
+        });
     }
     ids.iter()
-        .map(|s| s.parse::<Digest>().map_err(|_| ImageError::UnsupportedDigest { what: "diff_id".into(), digest: s.clone() }))
+        .map(|s| {
+            s.parse::<Digest>()
+                .map_err(|_| ImageError::UnsupportedDigest {
+                    what: "diff_id".into(),
+                    digest: s.clone(),
+                })
+        })
         .collect()
 }
 
 fn config_platform(config: &ImageConfiguration) -> String {
-    platform_string(&config.os().to_string(), &config.architecture().to_string(), config.variant().as_deref())
+    platform_string(
+        &config.os().to_string(),
+        &config.architecture().to_string(),
+        config.variant().as_deref(),
+    )
 }
 
 fn image_config(doc: &ImageConfiguration) -> ImageConfig {
-    let Some(c) = doc.config() else { return ImageConfig::default() };
+    let Some(c) = doc.config() else {
+        return ImageConfig::default();
+    };
     ImageConfig {
         entrypoint: c.entrypoint().clone(),
         cmd: c.cmd().clone(),
         env: c.env().clone().unwrap_or_default(),
         working_dir: c.working_dir().clone(),
         user: c.user().clone(),
-        labels: c.labels().clone().map(|l| l.into_iter().collect::<BTreeMap<_, _>>()).unwrap_or_default(),
+        labels: c
+            .labels()
+            .clone()
+            .map(|l| l.into_iter().collect::<BTreeMap<_, _>>())
+            .unwrap_or_default(),
     }
 }
 
@@ -638,53 +786,103 @@ fn digest_in_name(name: &str) -> Option<Digest> {
 
 fn plan_docker(ctx: &Ctx<'_>) -> Result<Plan> {
     let limits = &ctx.store.limits;
-    let bytes = ctx.source.read_document("manifest.json", "manifest.json", limits.max_document_bytes)?;
+    let bytes =
+        ctx.source
+            .read_document("manifest.json", "manifest.json", limits.max_document_bytes)?;
     let mut entries: Vec<DockerManifest> = parse_json(&bytes, "manifest.json")?;
     if entries.len() > 1 {
         if let Some(full) = ctx.wanted.as_ref().and_then(|w| w.name_with_tag()) {
             entries.retain(|e| {
-                e.repo_tags.iter().flatten().any(|t| ImageRef::parse(t).ok().and_then(|r| r.name_with_tag()).as_ref() == Some(&full))
+                e.repo_tags.iter().flatten().any(|t| {
+                    ImageRef::parse(t)
+                        .ok()
+                        .and_then(|r| r.name_with_tag())
+                        .as_ref()
+                        == Some(&full)
+                })
             });
         }
     }
     let entry = match entries.len() {
-        0 => return Err(ImageError::InvalidDocument { what: "manifest.json".into(), reason: "it lists no image".into() }),
+        0 => {
+            return Err(ImageError::InvalidDocument {
+                what: "manifest.json".into(),
+                reason: "it lists no image".into(),
+            })
+        }
         1 => entries.remove(0),
         _ => {
             return Err(ImageError::SeveralImages {
                 candidates: entries
                     .iter()
-                    .map(|e| e.repo_tags.as_ref().and_then(|t| t.first().cloned()).unwrap_or_else(|| e.config.clone()))
+                    .map(|e| {
+                        e.repo_tags
+                            .as_ref()
+                            .and_then(|t| t.first().cloned())
+                            .unwrap_or_else(|| e.config.clone())
+                    })
                     .collect(),
             })
         }
     };
-    let bad_name = |n: &str| ImageError::InvalidDocument { what: "manifest.json".into(), reason: format!("invalid file name {n:?}") };
-    let config_file = normalize_member(entry.config.as_bytes()).ok_or_else(|| bad_name(&entry.config))?;
+    let bad_name = |n: &str| ImageError::InvalidDocument {
+        what: "manifest.json".into(),
+        reason: format!("invalid file name {n:?}"),
+    };
+    let config_file =
+        normalize_member(entry.config.as_bytes()).ok_or_else(|| bad_name(&entry.config))?;
     let config_digest = digest_in_name(&config_file);
     let config = copy_verified(
         ctx.source,
         &config_file,
         Links::Beneath,
-        Expect { what: "config", digest: config_digest.as_ref(), size: None, max: limits.max_document_bytes },
+        Expect {
+            what: "config",
+            digest: config_digest.as_ref(),
+            size: None,
+            max: limits.max_document_bytes,
+        },
         &ctx.staging.blobs(),
         ctx.progress,
         &ctx.cancel,
     )?;
-    let config_doc: ImageConfiguration = parse_json(&read_staged(&config)?, &format!("config {}", config.digest))?;
+    let config_doc: ImageConfiguration =
+        parse_json(&read_staged(&config)?, &format!("config {}", config.digest))?;
     let diff_ids = check_config(&config_doc, entry.layers.len(), limits.max_layers)?;
     let mut layers = Vec::new();
     for (file, diff_id) in entry.layers.iter().zip(diff_ids) {
         let file = normalize_member(file.as_bytes()).ok_or_else(|| bad_name(file))?;
-        layers.push(LayerPlan { digest: digest_in_name(&file), file, links: Links::Beneath, size: None, media_type: None, diff_id });
+        layers.push(LayerPlan {
+            digest: digest_in_name(&file),
+            file,
+            links: Links::Beneath,
+            size: None,
+            media_type: None,
+            diff_id,
+        });
     }
-    let names = choose_names(ctx.wanted.as_ref(), None, entry.repo_tags.as_deref().unwrap_or_default());
-    Ok(Plan { manifest: None, platform: config_platform(&config_doc), config, config_doc, layers, names })
+    let names = choose_names(
+        ctx.wanted.as_ref(),
+        None,
+        entry.repo_tags.as_deref().unwrap_or_default(),
+    );
+    Ok(Plan {
+        manifest: None,
+        platform: config_platform(&config_doc),
+        config,
+        config_doc,
+        layers,
+        names,
+    })
 }
 
 /// For a docker-save without an OCI layout: the OCI manifest of what was
 /// imported, stored as a blob so the image has a manifest digest like any other.
-fn synthesize_manifest(ctx: &Ctx<'_>, config: &StagedBlob, done: &[LayerDone]) -> Result<StagedBlob> {
+fn synthesize_manifest(
+    ctx: &Ctx<'_>,
+    config: &StagedBlob,
+    done: &[LayerDone],
+) -> Result<StagedBlob> {
     let layers: Vec<serde_json::Value> = done
         .iter()
         .map(|d| serde_json::json!({ "mediaType": d.media_type, "digest": d.blob_digest.to_string(), "size": d.blob_size }))
@@ -699,7 +897,11 @@ fn synthesize_manifest(ctx: &Ctx<'_>, config: &StagedBlob, done: &[LayerDone]) -
     let digest = Digest::from_sha256_bytes(&Sha256::digest(&bytes).into());
     let path = ctx.staging.blobs().join(digest.hex());
     std::fs::write(&path, &bytes).map_err(|e| ImageError::io("writing", &path, e))?;
-    Ok(StagedBlob { digest, size: bytes.len() as u64, path })
+    Ok(StagedBlob {
+        digest,
+        size: bytes.len() as u64,
+        path,
+    })
 }
 
 /// Copies and verifies layer blobs and unpacks the layers not yet in the store,
@@ -713,7 +915,10 @@ fn run_layer_jobs(ctx: &Ctx<'_>, layers: &[LayerPlan]) -> Result<Vec<LayerDone>>
     let results: Vec<Mutex<Option<LayerDone>>> = layers.iter().map(|_| Mutex::new(None)).collect();
     let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(layers.len()).max(1);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(layers.len())
+        .max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
@@ -740,7 +945,10 @@ fn run_layer_jobs(ctx: &Ctx<'_>, layers: &[LayerPlan]) -> Result<Vec<LayerDone>>
     if let Some(e) = first_error.into_inner().expect("poisoned") {
         return Err(e);
     }
-    let mut out: Vec<LayerDone> = results.into_iter().map(|m| m.into_inner().expect("poisoned").expect("every job ran")).collect();
+    let mut out: Vec<LayerDone> = results
+        .into_iter()
+        .map(|m| m.into_inner().expect("poisoned").expect("every job ran"))
+        .collect();
     // Duplicates of an unpacked diff_id report it as reused.
     for (i, l) in layers.iter().enumerate() {
         if first_of[&l.diff_id] != i {
@@ -757,9 +965,16 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
     let (blob_digest, blob_size, blob_path) = match &plan.digest {
         Some(d) if store.blob_path(d).is_file() && plan.size.is_some() => {
             let path = store.blob_path(d);
-            let size = std::fs::metadata(&path).map_err(|e| ImageError::io("reading", &path, e))?.len();
+            let size = std::fs::metadata(&path)
+                .map_err(|e| ImageError::io("reading", &path, e))?
+                .len();
             if Some(size) != plan.size {
-                return Err(ImageError::SizeMismatch { what: "layer".into(), digest: d.to_string(), expected: plan.size.unwrap_or(0), actual: size.to_string() });
+                return Err(ImageError::SizeMismatch {
+                    what: "layer".into(),
+                    digest: d.to_string(),
+                    expected: plan.size.unwrap_or(0),
+                    actual: size.to_string(),
+                });
             }
             (d.clone(), size, path)
         }
@@ -768,7 +983,12 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
                 ctx.source,
                 &plan.file,
                 plan.links,
-                Expect { what: "layer", digest: plan.digest.as_ref(), size: plan.size, max: limits.max_layer_bytes },
+                Expect {
+                    what: "layer",
+                    digest: plan.digest.as_ref(),
+                    size: plan.size,
+                    max: limits.max_layer_bytes,
+                },
                 &ctx.staging.blobs(),
                 ctx.progress,
                 &ctx.cancel,
@@ -794,7 +1014,12 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
     };
     if !unpack || store.layer_complete(&plan.diff_id) {
         ctx.progress.layer_reused(&plan.diff_id);
-        return Ok(LayerDone { blob_digest, blob_size, media_type, unpacked: None });
+        return Ok(LayerDone {
+            blob_digest,
+            blob_size,
+            media_type,
+            unpacked: None,
+        });
     }
     let dest = ctx.staging.layers().join(plan.diff_id.hex());
     std::fs::create_dir(&dest).map_err(|e| ImageError::io("creating", &dest, e))?;
@@ -811,8 +1036,14 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
     let result = unpack_layer(&job);
     match result {
         Ok(u) => {
-            ctx.progress.layer_unpack_finished(&plan.diff_id, u.bytes, u.entries);
-            Ok(LayerDone { blob_digest, blob_size, media_type, unpacked: Some((u.bytes, u.entries)) })
+            ctx.progress
+                .layer_unpack_finished(&plan.diff_id, u.bytes, u.entries);
+            Ok(LayerDone {
+                blob_digest,
+                blob_size,
+                media_type,
+                unpacked: Some((u.bytes, u.entries)),
+            })
         }
         Err(e) => {
             // Free the space now; the staging directory goes anyway.

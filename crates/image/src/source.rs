@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,10 @@ enum Entry {
 
 enum Kind {
     Dir(OwnedFd),
-    Archive { file: File, entries: HashMap<String, Entry> },
+    Archive {
+        file: File,
+        entries: HashMap<String, Entry>,
+    },
 }
 
 /// An opened image source.
@@ -49,7 +52,9 @@ pub(crate) struct Source {
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Source").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,7 +74,10 @@ impl Source {
         let meta = std::fs::metadata(path).map_err(|e| ImageError::io("reading", path, e))?;
         if meta.is_dir() {
             let fd = fsutil::open_dir(path).map_err(|e| ImageError::io("opening", path, e))?;
-            return Ok(Source { kind: Kind::Dir(fd), path: path.to_owned() });
+            return Ok(Source {
+                kind: Kind::Dir(fd),
+                path: path.to_owned(),
+            });
         }
         if !meta.is_file() {
             return Err(ImageError::UnrecognizedInput {
@@ -79,7 +87,9 @@ impl Source {
         }
         let mut file = File::open(path).map_err(|e| ImageError::io("opening", path, e))?;
         let mut magic = [0u8; 2];
-        let n = file.read_at(&mut magic, 0).map_err(|e| ImageError::io("reading", path, e))?;
+        let n = file
+            .read_at(&mut magic, 0)
+            .map_err(|e| ImageError::io("reading", path, e))?;
         let tar_file = if n == 2 && magic == GZIP_MAGIC {
             // Decompressed to a file so entries can be read in place, in parallel.
             let out_path = staging.join("input.tar");
@@ -112,7 +122,9 @@ impl Source {
             file
         };
         let mut ustar = [0u8; 5];
-        let n = tar_file.read_at(&mut ustar, 257).map_err(|e| ImageError::io("reading", path, e))?;
+        let n = tar_file
+            .read_at(&mut ustar, 257)
+            .map_err(|e| ImageError::io("reading", path, e))?;
         if n != 5 || &ustar != b"ustar" {
             return Err(ImageError::UnrecognizedInput {
                 path: path.to_owned(),
@@ -121,7 +133,13 @@ impl Source {
             });
         }
         let entries = index_archive(&tar_file, path, limits)?;
-        Ok(Source { kind: Kind::Archive { file: tar_file, entries }, path: path.to_owned() })
+        Ok(Source {
+            kind: Kind::Archive {
+                file: tar_file,
+                entries,
+            },
+            path: path.to_owned(),
+        })
     }
 
     /// The path the user gave.
@@ -150,8 +168,10 @@ impl Source {
             file: name.to_owned(),
             source,
         };
-        let missing =
-            || ImageError::MissingFile { what: what.to_owned(), file: name.to_owned() };
+        let missing = || ImageError::MissingFile {
+            what: what.to_owned(),
+            file: name.to_owned(),
+        };
         match &self.kind {
             Kind::Dir(dirfd) => {
                 let resolve = match links {
@@ -180,7 +200,10 @@ impl Source {
                 let fd = openat2(
                     dirfd,
                     name,
-                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY
+                    OFlags::RDONLY
+                        | OFlags::CLOEXEC
+                        | OFlags::NOFOLLOW
+                        | OFlags::NOCTTY
                         | OFlags::NONBLOCK,
                     Mode::empty(),
                     resolve,
@@ -188,10 +211,15 @@ impl Source {
                 .map_err(|e| unsafe_path(e.into()))?;
                 let st2 = fstat(&fd).map_err(|e| unsafe_path(e.into()))?;
                 if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
-                    return Err(unsafe_path(io::Error::other("the file changed while opening it")));
+                    return Err(unsafe_path(io::Error::other(
+                        "the file changed while opening it",
+                    )));
                 }
                 let size = st2.st_size as u64;
-                Ok(SourceFile { reader: Box::new(File::from(fd)), size })
+                Ok(SourceFile {
+                    reader: Box::new(File::from(fd)),
+                    size,
+                })
             }
             Kind::Archive { file, entries } => {
                 let mut current = name.to_owned();
@@ -200,14 +228,20 @@ impl Source {
                         None => return Err(missing()),
                         Some(Entry::File { offset, size }) => {
                             return Ok(SourceFile {
-                                reader: Box::new(AtReader { file, pos: *offset, end: offset + size }),
+                                reader: Box::new(AtReader {
+                                    file,
+                                    pos: *offset,
+                                    end: offset + size,
+                                }),
                                 size: *size,
                             })
                         }
                         Some(Entry::Link { target }) => current = target.clone(),
                     }
                 }
-                Err(unsafe_path(io::Error::other("too many levels of links in the archive")))
+                Err(unsafe_path(io::Error::other(
+                    "too many levels of links in the archive",
+                )))
             }
         }
     }
@@ -216,7 +250,11 @@ impl Source {
     pub(crate) fn read_document(&self, name: &str, what: &str, max: u64) -> Result<Vec<u8>> {
         let f = self.open_file(name, what, Links::Refuse)?;
         if f.size > max {
-            return Err(ImageError::DocumentTooLarge { what: what.to_owned(), size: f.size, limit: max });
+            return Err(ImageError::DocumentTooLarge {
+                what: what.to_owned(),
+                size: f.size,
+                limit: max,
+            });
         }
         let mut buf = Vec::with_capacity(f.size as usize);
         f.reader
@@ -265,7 +303,10 @@ impl Read for AtReader<'_> {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive is truncated"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive is truncated",
+            ));
         }
         self.pos += n as u64;
         Ok(n)
@@ -323,8 +364,15 @@ fn index_archive(
     path: &Path,
     limits: &ImportLimits,
 ) -> Result<HashMap<String, Entry>> {
-    let fmt_err = |e: io::Error| ImageError::ArchiveFormat { path: path.to_owned(), source: e };
-    let mut archive = tar::Archive::new(file);
+    let fmt_err = |e: io::Error| ImageError::ArchiveFormat {
+        path: path.to_owned(),
+        source: e,
+    };
+    let mut reader = file;
+    reader
+        .seek(io::SeekFrom::Start(0))
+        .map_err(|e| ImageError::io("reading", path, e))?;
+    let mut archive = tar::Archive::new(reader);
     let mut entries = HashMap::new();
     let mut count = 0u64;
     for entry in archive.entries_with_seek().map_err(fmt_err)? {
@@ -336,12 +384,19 @@ fn index_archive(
                 limit: limits.max_archive_entries,
             });
         }
-        let Some(name) = normalize_member(&entry.path_bytes()) else { continue };
+        let Some(name) = normalize_member(&entry.path_bytes()) else {
+            continue;
+        };
         let ty = entry.header().entry_type();
         let value = if ty.is_file() {
-            Entry::File { offset: entry.raw_file_position(), size: entry.size() }
+            Entry::File {
+                offset: entry.raw_file_position(),
+                size: entry.size(),
+            }
         } else if ty.is_symlink() {
-            let Some(target) = entry.link_name_bytes().and_then(|t| resolve_link(&name, &t))
+            let Some(target) = entry
+                .link_name_bytes()
+                .and_then(|t| resolve_link(&name, &t))
             else {
                 continue;
             };
@@ -363,7 +418,10 @@ fn index_archive(
         });
     }
     // The whole archive must be present: an entry past the end means truncation.
-    let len = file.metadata().map_err(|e| ImageError::io("reading", path, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| ImageError::io("reading", path, e))?
+        .len();
     for e in entries.values() {
         if let Entry::File { offset, size } = e {
             if offset.saturating_add(*size) > len {

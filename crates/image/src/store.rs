@@ -157,9 +157,11 @@ impl Store {
         let store_json = store.root.join("store.json");
         let base = match std::fs::read(&store_json) {
             Ok(bytes) => {
-                let f: StoreFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    ImageError::StoreCorrupt { path: store_json.clone(), reason: e.to_string() }
-                })?;
+                let f: StoreFile =
+                    serde_json::from_slice(&bytes).map_err(|e| ImageError::StoreCorrupt {
+                        path: store_json.clone(),
+                        reason: e.to_string(),
+                    })?;
                 if f.format_version != FORMAT_VERSION {
                     return Err(ImageError::StoreCorrupt {
                         path: store_json,
@@ -179,7 +181,10 @@ impl Store {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let base = options.id_base.unwrap_or(IdMap::DEFAULT_BASE);
-                let f = StoreFile { format_version: FORMAT_VERSION, id_base: base };
+                let f = StoreFile {
+                    format_version: FORMAT_VERSION,
+                    id_base: base,
+                };
                 store.write_json(&store_json, &f)?;
                 base
             }
@@ -246,14 +251,17 @@ impl Store {
         let path = self.root.join("store.lock");
         lock_file(&path, LockMode::Exclusive, false)
             .map_err(|e| ImageError::io("locking", &path, e))?
-            .ok_or(ImageError::StoreBusy { path: self.root.clone() })
+            .ok_or(ImageError::StoreBusy {
+                path: self.root.clone(),
+            })
     }
 
     pub(crate) fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(value)
             .map_err(|e| ImageError::Internal(format!("serializing {}: {e}", path.display())))?;
         bytes.push(b'\n');
-        fsutil::atomic_write(&self.tmp, path, &bytes).map_err(|e| ImageError::io("writing", path, e))
+        fsutil::atomic_write(&self.tmp, path, &bytes)
+            .map_err(|e| ImageError::io("writing", path, e))
     }
 
     /// Reads images.json (a missing file is an empty store).
@@ -261,9 +269,11 @@ impl Store {
         let path = self.root.join("images.json");
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let f: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    ImageError::StoreCorrupt { path: path.clone(), reason: e.to_string() }
-                })?;
+                let f: IndexFile =
+                    serde_json::from_slice(&bytes).map_err(|e| ImageError::StoreCorrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
                 if f.format_version != FORMAT_VERSION {
                     return Err(ImageError::StoreCorrupt {
                         path,
@@ -280,12 +290,21 @@ impl Store {
     /// Writes images.json. The caller holds the index lock.
     pub(crate) fn save_records(&self, images: Vec<ImageRecord>) -> Result<()> {
         let path = self.root.join("images.json");
-        self.write_json(&path, &IndexFile { format_version: FORMAT_VERSION, images })
+        self.write_json(
+            &path,
+            &IndexFile {
+                format_version: FORMAT_VERSION,
+                images,
+            },
+        )
     }
 
     /// Whether the layer with this diff_id is completely unpacked (its marker exists).
     pub fn layer_complete(&self, diff_id: &Digest) -> bool {
-        self.layers.join(format!("{}.json", diff_id.hex())).is_file() && self.layer_dir(diff_id).is_dir()
+        self.layers
+            .join(format!("{}.json", diff_id.hex()))
+            .is_file()
+            && self.layer_dir(diff_id).is_dir()
     }
 
     pub(crate) fn marker_path(&self, diff_id: &Digest) -> PathBuf {
@@ -296,7 +315,10 @@ impl Store {
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         let mut records = self.load_records()?;
         records.sort_by(|a, b| {
-            a.names.first().cmp(&b.names.first()).then(a.manifest_digest.cmp(&b.manifest_digest))
+            a.names
+                .first()
+                .cmp(&b.names.first())
+                .then(a.manifest_digest.cmp(&b.manifest_digest))
         });
         Ok(records)
     }
@@ -322,7 +344,12 @@ impl Store {
             let report = match matched {
                 Matched::Name(name) if records[i].names.len() > 1 => {
                     records[i].names.retain(|n| *n != name);
-                    RemoveReport { untagged: vec![name], removed: None, gc: None, gc_deferred: false }
+                    RemoveReport {
+                        untagged: vec![name],
+                        removed: None,
+                        gc: None,
+                        gc_deferred: false,
+                    }
                 }
                 _ => {
                     let r = records.remove(i);
@@ -361,7 +388,9 @@ impl Store {
         // counts as incomplete and is removed next time.
         let mut removed_markers = HashSet::new();
         for name in list_dir(&self.layers)? {
-            let Some(hex) = name.strip_suffix(".json") else { continue };
+            let Some(hex) = name.strip_suffix(".json") else {
+                continue;
+            };
             if keep_layers.contains(hex) {
                 continue;
             }
@@ -405,11 +434,20 @@ impl Store {
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let records = self.load_records()?;
         let (keep_layers, keep_blobs) = referenced(&records);
-        let mut du = DiskUsage { images: records.len(), ..DiskUsage::default() };
+        let mut du = DiskUsage {
+            images: records.len(),
+            ..DiskUsage::default()
+        };
         for name in list_dir(&self.layers)? {
-            let Some(hex) = name.strip_suffix(".json") else { continue };
-            let Ok(bytes) = std::fs::read(self.layers.join(&name)) else { continue };
-            let Ok(m) = serde_json::from_slice::<LayerMarker>(&bytes) else { continue };
+            let Some(hex) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(self.layers.join(&name)) else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_slice::<LayerMarker>(&bytes) else {
+                continue;
+            };
             du.layers += 1;
             du.layers_bytes += m.unpacked_bytes;
             if !keep_layers.contains(hex) {
@@ -417,7 +455,9 @@ impl Store {
             }
         }
         for name in list_dir(&self.blobs)? {
-            let Ok(meta) = std::fs::symlink_metadata(self.blobs.join(&name)) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(self.blobs.join(&name)) else {
+                continue;
+            };
             du.blobs += 1;
             du.blobs_bytes += meta.len();
             if !keep_blobs.contains(name.as_str()) {
@@ -430,12 +470,17 @@ impl Store {
     /// Removes staging of imports that are no longer running (their directory is
     /// not flocked), and stray temp files.
     fn clean_tmp(&self) -> Result<()> {
-        let tmp_fd = fsutil::open_dir(&self.tmp).map_err(|e| ImageError::io("opening", &self.tmp, e))?;
+        let tmp_fd =
+            fsutil::open_dir(&self.tmp).map_err(|e| ImageError::io("opening", &self.tmp, e))?;
         for name in list_dir(&self.tmp)? {
             let path = self.tmp.join(&name);
-            let is_dir = std::fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+            let is_dir = std::fs::symlink_metadata(&path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
             if is_dir {
-                let Ok(fd) = fsutil::open_dir_beneath(tmp_fd.as_fd(), OsStr::new(&name)) else { continue };
+                let Ok(fd) = fsutil::open_dir_beneath(tmp_fd.as_fd(), OsStr::new(&name)) else {
+                    continue;
+                };
                 match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                     Ok(()) => {}
                     Err(Errno::WOULDBLOCK) => continue, // a live import
@@ -477,7 +522,9 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
         // The store only ever creates ASCII names; anything else is foreign.
         match std::str::from_utf8(name) {
             Ok(s) => out.push(s.to_owned()),
-            Err(_) => tracing::warn!(dir = %dir.display(), name = ?OsStr::from_bytes(name), "ignoring foreign file in the store"),
+            Err(_) => {
+                tracing::warn!(dir = %dir.display(), name = ?OsStr::from_bytes(name), "ignoring foreign file in the store")
+            }
         }
     }
     out.sort();
@@ -486,7 +533,9 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 
 /// Resolves a reference among records; see [`Store::resolve`].
 fn resolve_in(records: &[ImageRecord], reference: &str) -> Result<(usize, Matched)> {
-    let not_found = || ImageError::NotFound { reference: reference.to_owned() };
+    let not_found = || ImageError::NotFound {
+        reference: reference.to_owned(),
+    };
     let r = reference.trim();
     if let Some(hex) = r.strip_prefix("sha256:") {
         if hex.len() == 64 {
@@ -515,18 +564,26 @@ fn resolve_in(records: &[ImageRecord], reference: &str) -> Result<(usize, Matche
 }
 
 fn by_prefix(records: &[ImageRecord], reference: &str, hex: &str) -> Result<(usize, Matched)> {
-    let is_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_hex = hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if hex.len() < 6 || hex.len() > 64 || !is_hex {
-        return Err(ImageError::NotFound { reference: reference.to_owned() });
+        return Err(ImageError::NotFound {
+            reference: reference.to_owned(),
+        });
     }
     let hits: Vec<usize> = records
         .iter()
         .enumerate()
-        .filter(|(_, x)| x.manifest_digest.hex().starts_with(hex) || x.config_digest.hex().starts_with(hex))
+        .filter(|(_, x)| {
+            x.manifest_digest.hex().starts_with(hex) || x.config_digest.hex().starts_with(hex)
+        })
         .map(|(i, _)| i)
         .collect();
     match hits.as_slice() {
-        [] => Err(ImageError::NotFound { reference: reference.to_owned() }),
+        [] => Err(ImageError::NotFound {
+            reference: reference.to_owned(),
+        }),
         [i] => Ok((*i, Matched::Digest)),
         many => Err(ImageError::AmbiguousReference {
             reference: reference.to_owned(),

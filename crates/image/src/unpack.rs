@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use runbox_core::{Digest, IdMap};
 use rustix::fs::{
     chmodat, chownat, fchmod, fchown, fsetxattr, futimens, linkat, makedev, mkdirat, mknodat,
-    openat, statat, symlinkat, unlinkat, utimensat, AtFlags, FileType, Gid, Mode, OFlags,
-    Timespec, Timestamps, Uid, XattrFlags,
+    openat, statat, symlinkat, unlinkat, utimensat, AtFlags, FileType, Gid, Mode, OFlags, Timespec,
+    Timestamps, Uid, XattrFlags,
 };
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
@@ -89,7 +89,10 @@ pub(crate) fn check_layer_media_type(media_type: &str, digest: &Digest) -> Resul
     if LAYER_TYPES.contains(&media_type) || media_type.contains("tar") {
         return Ok(());
     }
-    Err(ImageError::UnsupportedMediaType { digest: digest.clone(), media_type: media_type.to_owned() })
+    Err(ImageError::UnsupportedMediaType {
+        digest: digest.clone(),
+        media_type: media_type.to_owned(),
+    })
 }
 
 /// The compression of a blob from its first bytes. The magic wins over the media
@@ -128,22 +131,26 @@ pub(crate) struct LayerJob<'a> {
 /// Unpacks `job.blob_path` into `job.dest`. On error the caller removes `dest`.
 pub(crate) fn unpack_layer(job: &LayerJob<'_>) -> Result<Unpacked> {
     let layer = job.blob_digest;
-    let file = File::open(job.blob_path).map_err(|e| ImageError::io("opening", job.blob_path, e))?;
+    let file =
+        File::open(job.blob_path).map_err(|e| ImageError::io("opening", job.blob_path, e))?;
     let mut buffered = BufReader::with_capacity(COPY_BUF, file);
-    let head = buffered.fill_buf().map_err(|e| ImageError::io("reading", job.blob_path, e))?;
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| ImageError::io("reading", job.blob_path, e))?;
     let compression = sniff_compression(head);
     let decoder: Box<dyn Read> = match compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => {
             // zstd's default refuses windows above 128 MiB, which bounds its memory.
-            let d = zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| ImageError::LayerFormat {
+            let d = zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| {
+                ImageError::LayerFormat {
                     layer: layer.clone(),
                     format: "zstd",
                     entry: None,
                     source: e,
-                })?;
+                }
+            })?;
             Box::new(d)
         }
     };
@@ -169,9 +176,10 @@ pub(crate) fn unpack_layer(job: &LayerJob<'_>) -> Result<Unpacked> {
 
     let stream_error = |e: io::Error, entry: Option<String>| -> ImageError {
         match fault.borrow_mut().take() {
-            Some(Fault::TooLarge) => {
-                ImageError::LayerTooLarge { layer: layer.clone(), limit: job.limits.max_layer_bytes }
-            }
+            Some(Fault::TooLarge) => ImageError::LayerTooLarge {
+                layer: layer.clone(),
+                limit: job.limits.max_layer_bytes,
+            },
             Some(Fault::HeaderTooLarge(size)) => ImageError::TarHeaderTooLarge {
                 layer: layer.clone(),
                 size,
@@ -188,7 +196,12 @@ pub(crate) fn unpack_layer(job: &LayerJob<'_>) -> Result<Unpacked> {
                 entry,
                 source: e,
             },
-            None => ImageError::LayerFormat { layer: layer.clone(), format: "tar", entry, source: e },
+            None => ImageError::LayerFormat {
+                layer: layer.clone(),
+                format: "tar",
+                entry,
+                source: e,
+            },
         }
     };
 
@@ -233,7 +246,10 @@ pub(crate) fn unpack_layer(job: &LayerJob<'_>) -> Result<Unpacked> {
     if u.xattrs_dropped > 0 {
         tracing::debug!(layer = %layer, count = u.xattrs_dropped, "dropped non-user xattrs in layer");
     }
-    Ok(Unpacked { bytes: u.bytes, entries: u.entries })
+    Ok(Unpacked {
+        bytes: u.bytes,
+        entries: u.entries,
+    })
 }
 
 fn display_name(raw: &[u8]) -> String {
@@ -271,8 +287,14 @@ struct Attrs {
 
 impl Attrs {
     fn times(&self) -> Timestamps {
-        let t = Timespec { tv_sec: self.mtime, tv_nsec: 0 };
-        Timestamps { last_access: t, last_modification: t }
+        let t = Timespec {
+            tv_sec: self.mtime,
+            tv_nsec: 0,
+        };
+        Timestamps {
+            last_access: t,
+            last_modification: t,
+        }
     }
 }
 
@@ -323,11 +345,19 @@ fn os(b: &[u8]) -> &OsStr {
 
 impl Unpacker<'_> {
     fn refuse(&self, entry: &str, reason: UnsafeEntry) -> ImageError {
-        ImageError::UnsafeTarEntry { layer: self.layer.clone(), entry: entry.to_owned(), reason }
+        ImageError::UnsafeTarEntry {
+            layer: self.layer.clone(),
+            entry: entry.to_owned(),
+            reason,
+        }
     }
 
     fn write_err(&self, entry: &str, e: impl Into<io::Error>) -> ImageError {
-        ImageError::LayerWrite { layer: self.layer.clone(), entry: entry.to_owned(), source: e.into() }
+        ImageError::LayerWrite {
+            layer: self.layer.clone(),
+            entry: entry.to_owned(),
+            source: e.into(),
+        }
     }
 
     fn attrs(&self, header: &tar::Header) -> io::Result<Attrs> {
@@ -405,7 +435,8 @@ impl Unpacker<'_> {
                     let root = self.id_map.to_host(0);
                     fchown(&fd, Some(Uid::from_raw(root)), Some(Gid::from_raw(root)))
                         .map_err(|e| self.write_err(entry, e))?;
-                    fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(|e| self.write_err(entry, e))?;
+                    fchmod(&fd, Mode::from_raw_mode(0o755))
+                        .map_err(|e| self.write_err(entry, e))?;
                     fd
                 }
                 Err(e) => return Err(self.parent_err(comps, entry, e)),
@@ -427,16 +458,24 @@ impl Unpacker<'_> {
                 self.cache = None;
                 let mut prefix = path.to_vec();
                 prefix.push(b'/');
-                self.dirs.retain(|k, _| k.as_slice() != path && !k.starts_with(&prefix));
+                self.dirs
+                    .retain(|k, _| k.as_slice() != path && !k.starts_with(&prefix));
                 Ok(())
             }
-            Ok(_) => unlinkat(parent, os(name), AtFlags::empty()).map_err(|e| self.write_err(entry, e)),
+            Ok(_) => {
+                unlinkat(parent, os(name), AtFlags::empty()).map_err(|e| self.write_err(entry, e))
+            }
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> std::result::Result<(), Step> {
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> std::result::Result<(), Step> {
         let raw_path = entry.path_bytes().into_owned();
-        let comps = components(&raw_path, self.limits.max_path_len).map_err(|r| self.refuse(name, r))?;
+        let comps =
+            components(&raw_path, self.limits.max_path_len).map_err(|r| self.refuse(name, r))?;
         let header = entry.header().clone();
         let ty = header.entry_type();
         let attrs = self.attrs(&header).map_err(Step::Stream)?;
@@ -484,7 +523,11 @@ impl Unpacker<'_> {
                 let fd = openat(
                     &*parent,
                     os(last),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.write_err(name, e))?;
@@ -496,12 +539,14 @@ impl Unpacker<'_> {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(Step::Stream(e)),
                     };
-                    file.write_all(&self.buf[..n]).map_err(|e| self.write_err(name, e))?;
+                    file.write_all(&self.buf[..n])
+                        .map_err(|e| self.write_err(name, e))?;
                     self.bytes += n as u64;
                 }
                 self.set_owner_mode(&file, &attrs, name)?;
                 for (k, v) in &xattrs {
-                    fsetxattr(&file, os(k), v, XattrFlags::empty()).map_err(|e| self.write_err(name, e))?;
+                    fsetxattr(&file, os(k), v, XattrFlags::empty())
+                        .map_err(|e| self.write_err(name, e))?;
                 }
                 futimens(&file, &attrs.times()).map_err(|e| self.write_err(name, e))?;
             }
@@ -512,7 +557,8 @@ impl Unpacker<'_> {
                     Ok(_) => {
                         // e.g. a symlink of the same name earlier in the layer: it is
                         // removed, never followed (CVE-2021-32760 class).
-                        unlinkat(&*parent, os(last), AtFlags::empty()).map_err(|e| self.write_err(name, e))?;
+                        unlinkat(&*parent, os(last), AtFlags::empty())
+                            .map_err(|e| self.write_err(name, e))?;
                         mkdirat(&*parent, os(last), Mode::from_raw_mode(0o700))
                             .map_err(|e| self.write_err(name, e))?;
                     }
@@ -526,13 +572,17 @@ impl Unpacker<'_> {
                     let fd = open_dir_beneath(parent.as_fd(), os(last))
                         .map_err(|e| self.parent_err(&comps, name, e))?;
                     for (k, v) in &xattrs {
-                        fsetxattr(&fd, os(k), v, XattrFlags::empty()).map_err(|e| self.write_err(name, e))?;
+                        fsetxattr(&fd, os(k), v, XattrFlags::empty())
+                            .map_err(|e| self.write_err(name, e))?;
                     }
                 }
                 self.dirs.insert(join_components(&comps), attrs);
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 if target.is_empty() {
                     return Err(self.refuse(name, UnsafeEntry::EmptyLinkTarget).into());
                 }
@@ -540,32 +590,63 @@ impl Unpacker<'_> {
                     return Err(self.refuse(name, UnsafeEntry::NulByte).into());
                 }
                 if target.len() > self.limits.max_path_len {
-                    return Err(self.refuse(name, UnsafeEntry::PathTooLong { limit: self.limits.max_path_len }).into());
+                    return Err(self
+                        .refuse(
+                            name,
+                            UnsafeEntry::PathTooLong {
+                                limit: self.limits.max_path_len,
+                            },
+                        )
+                        .into());
                 }
                 let parent = self.parent(parent_comps, name)?;
                 self.clear(&parent, last, &raw_path, name)?;
                 // The target is stored verbatim: the host never follows it.
                 symlinkat(os(&target), &*parent, os(last)).map_err(|e| self.write_err(name, e))?;
                 self.set_owner_at(&parent, last, &attrs, name)?;
-                utimensat(&*parent, os(last), &attrs.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.write_err(name, e))?;
+                utimensat(
+                    &*parent,
+                    os(last),
+                    &attrs.times(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.write_err(name, e))?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 self.hardlink(&comps, &raw_path, &target, name)?;
             }
             tar::EntryType::Fifo => {
                 let parent = self.parent(parent_comps, name)?;
                 self.clear(&parent, last, &raw_path, name)?;
-                mknodat(&*parent, os(last), FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-                    .map_err(|e| self.write_err(name, e))?;
+                mknodat(
+                    &*parent,
+                    os(last),
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| self.write_err(name, e))?;
                 self.set_owner_at(&parent, last, &attrs, name)?;
                 // chmodat cannot refuse symlinks, but this name was just created as a
                 // FIFO in our own staging directory.
-                chmodat(&*parent, os(last), Mode::from_raw_mode(attrs.mode), AtFlags::empty())
-                    .map_err(|e| self.write_err(name, e))?;
-                utimensat(&*parent, os(last), &attrs.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.write_err(name, e))?;
+                chmodat(
+                    &*parent,
+                    os(last),
+                    Mode::from_raw_mode(attrs.mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.write_err(name, e))?;
+                utimensat(
+                    &*parent,
+                    os(last),
+                    &attrs.times(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.write_err(name, e))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 // Devices are never created from an image; the sandbox provides /dev.
@@ -575,7 +656,9 @@ impl Unpacker<'_> {
             tar::EntryType::XGlobalHeader => {}
             tar::EntryType::GNUSparse => return Err(self.refuse(name, UnsafeEntry::Sparse).into()),
             other => {
-                return Err(self.refuse(name, UnsafeEntry::UnsupportedType(other.as_byte() as char)).into())
+                return Err(self
+                    .refuse(name, UnsafeEntry::UnsupportedType(other.as_byte() as char))
+                    .into())
             }
         }
         Ok(())
@@ -599,7 +682,13 @@ impl Unpacker<'_> {
         .map_err(|e| self.write_err(name, e))
     }
 
-    fn hardlink(&mut self, comps: &[&[u8]], raw_path: &[u8], target: &[u8], name: &str) -> Result<()> {
+    fn hardlink(
+        &mut self,
+        comps: &[&[u8]],
+        raw_path: &[u8],
+        target: &[u8],
+        name: &str,
+    ) -> Result<()> {
         let tcomps = components(target, self.limits.max_path_len).map_err(|r| {
             self.refuse(
                 name,
@@ -613,7 +702,9 @@ impl Unpacker<'_> {
         let Some((tlast, tparent_comps)) = tcomps.split_last() else {
             return Err(self.refuse(name, UnsafeEntry::HardlinkToDirectory));
         };
-        let missing = || UnsafeEntry::HardlinkMissing { target: display_name(target) };
+        let missing = || UnsafeEntry::HardlinkMissing {
+            target: display_name(target),
+        };
         let tparent = if tparent_comps.is_empty() {
             self.root.clone()
         } else {
@@ -637,7 +728,9 @@ impl Unpacker<'_> {
             Err(Errno::NOENT) => return Err(self.refuse(name, missing())),
             Err(e) => return Err(self.write_err(name, e)),
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => return Err(self.refuse(name, UnsafeEntry::HardlinkToDirectory)),
+                FileType::Directory => {
+                    return Err(self.refuse(name, UnsafeEntry::HardlinkToDirectory))
+                }
                 FileType::RegularFile | FileType::Symlink | FileType::Fifo => {}
                 _ => return Err(self.refuse(name, UnsafeEntry::HardlinkToSpecial)),
             },
@@ -677,10 +770,14 @@ impl Unpacker<'_> {
             // Something of that name in this same layer: a whiteout hides only
             // lower layers, so the entry stays.
             Ok(_) => Ok(()),
-            Err(Errno::NOENT) => {
-                mknodat(&*parent, os(hidden), FileType::CharacterDevice, Mode::empty(), makedev(0, 0))
-                    .map_err(|e| self.write_err(name, e))
-            }
+            Err(Errno::NOENT) => mknodat(
+                &*parent,
+                os(hidden),
+                FileType::CharacterDevice,
+                Mode::empty(),
+                makedev(0, 0),
+            )
+            .map_err(|e| self.write_err(name, e)),
             Err(e) => Err(self.write_err(name, e)),
         }
     }
@@ -776,7 +873,10 @@ impl<R: Read> StreamGuard<R> {
     }
 
     fn finish(self) -> (Digest, u64) {
-        (Digest::from_sha256_bytes(&self.hasher.finalize().into()), self.total)
+        (
+            Digest::from_sha256_bytes(&self.hasher.finalize().into()),
+            self.total,
+        )
     }
 
     fn fail(&self, f: Fault) -> io::Error {
@@ -800,7 +900,9 @@ impl<R: Read> StreamGuard<R> {
                     }
                 }
                 Scan::Data { remaining, capture } => {
-                    let take = u64::try_from(data.len()).unwrap_or(u64::MAX).min(*remaining);
+                    let take = u64::try_from(data.len())
+                        .unwrap_or(u64::MAX)
+                        .min(*remaining);
                     let cap = take.min(*capture);
                     if cap > 0 {
                         self.pax.extend_from_slice(&data[..cap as usize]);
@@ -849,7 +951,10 @@ impl<R: Read> StreamGuard<R> {
             self.pax.clear();
         }
         let padded = size.div_ceil(512).saturating_mul(512);
-        self.scan = Scan::Data { remaining: padded, capture: if self.pending_pax { size } else { 0 } };
+        self.scan = Scan::Data {
+            remaining: padded,
+            capture: if self.pending_pax { size } else { 0 },
+        };
         if padded == 0 {
             self.end_of_data();
         }
@@ -897,18 +1002,27 @@ mod tests {
 
     #[test]
     fn components_normalize_and_refuse() {
-        assert_eq!(components(b"./a//b/./c/", 4096).unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(
+            components(b"./a//b/./c/", 4096).unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
         assert!(components(b"./", 4096).unwrap().is_empty());
         assert_eq!(components(b"/etc/x", 4096), Err(UnsafeEntry::AbsolutePath));
         assert_eq!(components(b"a/../../x", 4096), Err(UnsafeEntry::ParentDir));
         assert_eq!(components(b"a\0b", 4096), Err(UnsafeEntry::NulByte));
-        assert_eq!(components(&[b'a'; 20], 10), Err(UnsafeEntry::PathTooLong { limit: 10 }));
+        assert_eq!(
+            components(&[b'a'; 20], 10),
+            Err(UnsafeEntry::PathTooLong { limit: 10 })
+        );
     }
 
     #[test]
     fn sniffs_compression() {
         assert_eq!(sniff_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(sniff_compression(b"hello"), Compression::None);
     }
 }

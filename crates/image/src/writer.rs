@@ -43,7 +43,11 @@ pub enum WriterError {
 type Result<T> = std::result::Result<T, WriterError>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WriterError + 'a {
-    move |source| WriterError::Io { op, path: path.to_owned(), source }
+    move |source| WriterError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// How to compress a layer blob.
@@ -106,28 +110,69 @@ impl Tree {
 
     /// Adds or replaces an entry.
     pub fn insert(&mut self, path: &str, entry: TreeEntry) -> &mut Self {
-        self.entries.insert(path.trim_matches('/').to_owned(), entry);
+        self.entries
+            .insert(path.trim_matches('/').to_owned(), entry);
         self
     }
 
     pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
-        self.insert(path, TreeEntry { node: Node::Dir, mode, uid: 0, gid: 0 })
+        self.insert(
+            path,
+            TreeEntry {
+                node: Node::Dir,
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+        )
     }
 
     pub fn file(&mut self, path: &str, mode: u32, contents: Vec<u8>) -> &mut Self {
-        self.insert(path, TreeEntry { node: Node::File(FileContents::Bytes(contents)), mode, uid: 0, gid: 0 })
+        self.insert(
+            path,
+            TreeEntry {
+                node: Node::File(FileContents::Bytes(contents)),
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+        )
     }
 
     pub fn host_file(&mut self, path: &str, mode: u32, host: &Path) -> &mut Self {
-        self.insert(path, TreeEntry { node: Node::File(FileContents::Host(host.to_owned())), mode, uid: 0, gid: 0 })
+        self.insert(
+            path,
+            TreeEntry {
+                node: Node::File(FileContents::Host(host.to_owned())),
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+        )
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
-        self.insert(path, TreeEntry { node: Node::Symlink(target.to_owned()), mode: 0o777, uid: 0, gid: 0 })
+        self.insert(
+            path,
+            TreeEntry {
+                node: Node::Symlink(target.to_owned()),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+        )
     }
 
     pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
-        self.insert(path, TreeEntry { node: Node::Hardlink(target.to_owned()), mode: 0o644, uid: 0, gid: 0 })
+        self.insert(
+            path,
+            TreeEntry {
+                node: Node::Hardlink(target.to_owned()),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        )
     }
 
     /// Sets the owner of an existing entry.
@@ -176,7 +221,15 @@ impl Tree {
                 } else {
                     continue;
                 };
-                tree.insert(&key, TreeEntry { node, mode, uid: meta.uid(), gid: meta.gid() });
+                tree.insert(
+                    &key,
+                    TreeEntry {
+                        node,
+                        mode,
+                        uid: meta.uid(),
+                        gid: meta.gid(),
+                    },
+                );
             }
         }
         Ok(tree)
@@ -185,7 +238,11 @@ impl Tree {
     /// Writes the tree as a tar stream: sorted, every mtime `mtime`.
     pub fn write_tar<W: Write>(&self, out: W, mtime: u64) -> Result<W> {
         let mut b = tar::Builder::new(out);
-        let wrap = |e: io::Error| WriterError::Io { op: "writing", path: PathBuf::from("<tar>"), source: e };
+        let wrap = |e: io::Error| WriterError::Io {
+            op: "writing",
+            path: PathBuf::from("<tar>"),
+            source: e,
+        };
         for (path, e) in &self.entries {
             let mut h = tar::Header::new_gnu();
             h.set_mode(e.mode & 0o7777);
@@ -196,12 +253,14 @@ impl Tree {
                 Node::Dir => {
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_size(0);
-                    b.append_data(&mut h, format!("{path}/"), io::empty()).map_err(wrap)?;
+                    b.append_data(&mut h, format!("{path}/"), io::empty())
+                        .map_err(wrap)?;
                 }
                 Node::File(FileContents::Bytes(bytes)) => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(bytes.len() as u64);
-                    b.append_data(&mut h, path, bytes.as_slice()).map_err(wrap)?;
+                    b.append_data(&mut h, path, bytes.as_slice())
+                        .map_err(wrap)?;
                 }
                 Node::File(FileContents::Host(host)) => {
                     let f = File::open(host).map_err(io_err("opening", host))?;
@@ -238,7 +297,7 @@ pub struct WrittenLayer {
 }
 
 /// The image config and index entry to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageSpec {
     pub config: ImageConfig,
     /// Defaults to the host's ([`host_platform`]).
@@ -249,11 +308,6 @@ pub struct ImageSpec {
     pub created: Option<String>,
 }
 
-impl Default for ImageSpec {
-    fn default() -> Self {
-        ImageSpec { config: ImageConfig::default(), architecture: None, ref_name: None, created: None }
-    }
-}
 
 /// A finished layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,8 +388,12 @@ impl LayoutWriter {
         let blobs = dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
         let layout = dir.join("oci-layout");
-        std::fs::write(&layout, b"{\"imageLayoutVersion\":\"1.0.0\"}").map_err(io_err("writing", &layout))?;
-        Ok(LayoutWriter { dir: dir.to_owned(), layers: Vec::new() })
+        std::fs::write(&layout, b"{\"imageLayoutVersion\":\"1.0.0\"}")
+            .map_err(io_err("writing", &layout))?;
+        Ok(LayoutWriter {
+            dir: dir.to_owned(),
+            layers: Vec::new(),
+        })
     }
 
     /// The layout directory.
@@ -357,14 +415,28 @@ impl LayoutWriter {
     }
 
     /// Adds a layer from an uncompressed tar stream, compressing it.
-    pub fn add_layer_tar(&mut self, mut tar: impl Read, compression: LayerCompression) -> Result<WrittenLayer> {
+    pub fn add_layer_tar(
+        &mut self,
+        mut tar: impl Read,
+        compression: LayerCompression,
+    ) -> Result<WrittenLayer> {
         self.write_layer(compression, |w| {
-            io::copy(&mut tar, w).map(|_| ()).map_err(|e| WriterError::Io { op: "reading", path: "<tar>".into(), source: e })
+            io::copy(&mut tar, w)
+                .map(|_| ())
+                .map_err(|e| WriterError::Io {
+                    op: "reading",
+                    path: "<tar>".into(),
+                    source: e,
+                })
         })
     }
 
     /// Adds a layer holding `tree` (mtimes 0).
-    pub fn add_layer_tree(&mut self, tree: &Tree, compression: LayerCompression) -> Result<WrittenLayer> {
+    pub fn add_layer_tree(
+        &mut self,
+        tree: &Tree,
+        compression: LayerCompression,
+    ) -> Result<WrittenLayer> {
         self.write_layer(compression, |w| tree.write_tar(w, 0).map(|_| ()))
     }
 
@@ -373,15 +445,31 @@ impl LayoutWriter {
         compression: LayerCompression,
         fill: impl FnOnce(&mut dyn Write) -> Result<()>,
     ) -> Result<WrittenLayer> {
-        let tmp = self.dir.join("blobs/sha256").join(format!(".tmp-{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join("blobs/sha256")
+            .join(format!(".tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-        let blob = HashingWriter { inner: io::BufWriter::new(file), hasher: Sha256::new(), count: 0 };
+        let blob = HashingWriter {
+            inner: io::BufWriter::new(file),
+            hasher: Sha256::new(),
+            count: 0,
+        };
         let enc = match compression {
             LayerCompression::None => Encoder::None(blob),
-            LayerCompression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(blob, flate2::Compression::fast())),
-            LayerCompression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(blob, 3).map_err(io_err("compressing", &tmp))?),
+            LayerCompression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                blob,
+                flate2::Compression::fast(),
+            )),
+            LayerCompression::Zstd => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(blob, 3).map_err(io_err("compressing", &tmp))?,
+            ),
         };
-        let mut plain = HashingWriter { inner: enc, hasher: Sha256::new(), count: 0 };
+        let mut plain = HashingWriter {
+            inner: enc,
+            hasher: Sha256::new(),
+            count: 0,
+        };
         fill(&mut plain)?;
         let diff_id = Digest::from_sha256_bytes(&plain.hasher.finalize().into());
         let mut blob = plain.inner.finish().map_err(io_err("compressing", &tmp))?;
@@ -389,7 +477,12 @@ impl LayoutWriter {
         let digest = Digest::from_sha256_bytes(&blob.hasher.finalize().into());
         let dest = self.dir.join("blobs/sha256").join(digest.hex());
         std::fs::rename(&tmp, &dest).map_err(io_err("renaming", &dest))?;
-        let layer = WrittenLayer { digest, size: blob.count, diff_id, media_type: compression.media_type().to_owned() };
+        let layer = WrittenLayer {
+            digest,
+            size: blob.count,
+            diff_id,
+            media_type: compression.media_type().to_owned(),
+        };
         self.layers.push(layer.clone());
         Ok(layer)
     }
@@ -402,7 +495,10 @@ impl LayoutWriter {
     /// Writes the config, the manifest and index.json.
     pub fn finish(self, spec: &ImageSpec) -> Result<WrittenImage> {
         let (os, host_arch) = host_platform();
-        let arch = spec.architecture.clone().unwrap_or_else(|| host_arch.to_owned());
+        let arch = spec
+            .architecture
+            .clone()
+            .unwrap_or_else(|| host_arch.to_owned());
         let c = &spec.config;
         let mut cfg = serde_json::Map::new();
         if let Some(v) = &c.user {
@@ -466,8 +562,15 @@ impl LayoutWriter {
             "manifests": [desc],
         });
         let index_path = self.dir.join("index.json");
-        std::fs::write(&index_path, serde_json::to_vec(&index)?).map_err(io_err("writing", &index_path))?;
-        Ok(WrittenImage { dir: self.dir, manifest_digest, manifest_size, config_digest, layers: self.layers })
+        std::fs::write(&index_path, serde_json::to_vec(&index)?)
+            .map_err(io_err("writing", &index_path))?;
+        Ok(WrittenImage {
+            dir: self.dir,
+            manifest_digest,
+            manifest_size,
+            config_digest,
+            layers: self.layers,
+        })
     }
 }
 
@@ -491,10 +594,18 @@ pub fn write_oci_archive(layout: &Path, out: &Path, gzip: bool) -> Result<()> {
     let file = File::create(out).map_err(io_err("creating", out))?;
     let w = io::BufWriter::new(file);
     if gzip {
-        let enc = tree.write_tar(flate2::write::GzEncoder::new(w, flate2::Compression::fast()), 0)?;
-        enc.finish().map_err(io_err("writing", out))?.flush().map_err(io_err("writing", out))?;
+        let enc = tree.write_tar(
+            flate2::write::GzEncoder::new(w, flate2::Compression::fast()),
+            0,
+        )?;
+        enc.finish()
+            .map_err(io_err("writing", out))?
+            .flush()
+            .map_err(io_err("writing", out))?;
     } else {
-        tree.write_tar(w, 0)?.flush().map_err(io_err("writing", out))?;
+        tree.write_tar(w, 0)?
+            .flush()
+            .map_err(io_err("writing", out))?;
     }
     Ok(())
 }

@@ -83,8 +83,20 @@ fn octal(field: &mut [u8], value: u64) {
     }
 }
 
-/// Builds one 512-byte header.
-pub fn header(name: &[u8], kind: u8, link: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64, size: u64, dev: (u32, u32)) -> [u8; 512] {
+/// Builds one 512-byte header for `e` (names and links cut at 100 bytes; the
+/// size field says `size`).
+pub fn header(e: &RawEntry<'_>, size: u64) -> [u8; 512] {
+    let RawEntry {
+        name,
+        kind,
+        link,
+        mode,
+        uid,
+        gid,
+        mtime,
+        dev,
+        ..
+    } = *e;
     let mut h = [0u8; 512];
     let n = name.len().min(100);
     h[..n].copy_from_slice(&name[..n]);
@@ -130,7 +142,20 @@ impl TarBuilder {
         if e.name.len() > 100 {
             let mut long = e.name.to_vec();
             long.push(0);
-            let h = header(b"././@LongLink", kind::GNU_LONGNAME, b"", 0o644, 0, 0, 0, long.len() as u64, (0, 0));
+            let h = header(
+                &RawEntry {
+                    name: b"././@LongLink",
+                    kind: kind::GNU_LONGNAME,
+                    link: b"",
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    dev: (0, 0),
+                    ..RawEntry::default()
+                },
+                long.len() as u64,
+            );
             self.buf.extend_from_slice(&h);
             self.buf.extend_from_slice(&long);
             self.pad();
@@ -138,13 +163,39 @@ impl TarBuilder {
         if e.link.len() > 100 {
             let mut long = e.link.to_vec();
             long.push(0);
-            let h = header(b"././@LongLink", b'K', b"", 0o644, 0, 0, 0, long.len() as u64, (0, 0));
+            let h = header(
+                &RawEntry {
+                    name: b"././@LongLink",
+                    kind: b'K',
+                    link: b"",
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    dev: (0, 0),
+                    ..RawEntry::default()
+                },
+                long.len() as u64,
+            );
             self.buf.extend_from_slice(&h);
             self.buf.extend_from_slice(&long);
             self.pad();
         }
         let size = e.claimed_size.unwrap_or(e.data.len() as u64);
-        let h = header(e.name, e.kind, e.link, e.mode, e.uid, e.gid, e.mtime, size, e.dev);
+        let h = header(
+            &RawEntry {
+                name: e.name,
+                kind: e.kind,
+                link: e.link,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                dev: e.dev,
+                ..RawEntry::default()
+            },
+            size,
+        );
         self.buf.extend_from_slice(&h);
         self.buf.extend_from_slice(e.data);
         self.pad();
@@ -152,35 +203,85 @@ impl TarBuilder {
     }
 
     pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), data, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            data,
+            ..RawEntry::default()
+        })
     }
 
-    pub fn file_with(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), data, mode, uid, gid, ..RawEntry::default() })
+    pub fn file_with(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Self {
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            data,
+            mode,
+            uid,
+            gid,
+            ..RawEntry::default()
+        })
     }
 
     pub fn dir(&mut self, name: &str) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::DIR, mode: 0o755, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::DIR,
+            mode: 0o755,
+            ..RawEntry::default()
+        })
     }
 
     pub fn dir_with(&mut self, name: &str, mode: u32, uid: u64, gid: u64) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::DIR, mode, uid, gid, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::DIR,
+            mode,
+            uid,
+            gid,
+            ..RawEntry::default()
+        })
     }
 
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::SYMLINK, link: target.as_bytes(), mode: 0o777, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::SYMLINK,
+            link: target.as_bytes(),
+            mode: 0o777,
+            ..RawEntry::default()
+        })
     }
 
     pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::HARDLINK, link: target.as_bytes(), ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::HARDLINK,
+            link: target.as_bytes(),
+            ..RawEntry::default()
+        })
     }
 
     pub fn fifo(&mut self, name: &str) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::FIFO, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::FIFO,
+            ..RawEntry::default()
+        })
     }
 
     pub fn char_device(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind: kind::CHAR, dev: (major, minor), ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind: kind::CHAR,
+            dev: (major, minor),
+            ..RawEntry::default()
+        })
     }
 
     /// A whiteout hiding `path` of lower layers: `dir/.wh.name`.
@@ -211,12 +312,29 @@ impl TarBuilder {
             data.extend_from_slice(v);
             data.push(b'\n');
         }
-        self.entry(RawEntry { name: b"PaxHeaders/x", kind: kind::PAX, data: &data, ..RawEntry::default() })
+        self.entry(RawEntry {
+            name: b"PaxHeaders/x",
+            kind: kind::PAX,
+            data: &data,
+            ..RawEntry::default()
+        })
     }
 
     /// A header claiming `claimed_size` bytes with `data` (possibly fewer) after it.
-    pub fn lying_entry(&mut self, name: &str, kind: u8, claimed_size: u64, data: &[u8]) -> &mut Self {
-        self.entry(RawEntry { name: name.as_bytes(), kind, claimed_size: Some(claimed_size), data, ..RawEntry::default() })
+    pub fn lying_entry(
+        &mut self,
+        name: &str,
+        kind: u8,
+        claimed_size: u64,
+        data: &[u8],
+    ) -> &mut Self {
+        self.entry(RawEntry {
+            name: name.as_bytes(),
+            kind,
+            claimed_size: Some(claimed_size),
+            data,
+            ..RawEntry::default()
+        })
     }
 
     /// The tar so far plus the two zero blocks that end an archive.
@@ -242,7 +360,20 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 pub fn gzip_bomb(uncompressed: u64) -> (Vec<u8>, Digest) {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let mut hasher = Sha256::new();
-    let h = header(b"zeros", kind::FILE, b"", 0o644, 0, 0, 0, uncompressed, (0, 0));
+    let h = header(
+        &RawEntry {
+            name: b"zeros",
+            kind: kind::FILE,
+            link: b"",
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            dev: (0, 0),
+            ..RawEntry::default()
+        },
+        uncompressed,
+    );
     let mut feed = |b: &[u8]| {
         hasher.update(b);
         enc.write_all(b).expect("compressing");
@@ -261,24 +392,44 @@ pub fn gzip_bomb(uncompressed: u64) -> (Vec<u8>, Digest) {
 
 /// An OCI layout at `dir` whose layers are these raw tar streams, compressed as
 /// asked; diff_ids are computed honestly.
-pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], compression: LayerCompression) -> WrittenImage {
+pub fn layout_with_layers(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    compression: LayerCompression,
+) -> WrittenImage {
     layout_with_layers_and_spec(dir, layers, compression, &ImageSpec::default())
 }
 
 /// Like [`layout_with_layers`] with a given image spec (config, ref name).
-pub fn layout_with_layers_and_spec(dir: &Path, layers: &[Vec<u8>], compression: LayerCompression, spec: &ImageSpec) -> WrittenImage {
+pub fn layout_with_layers_and_spec(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    compression: LayerCompression,
+    spec: &ImageSpec,
+) -> WrittenImage {
     let mut w = LayoutWriter::create(dir).expect("creating layout");
     for l in layers {
-        w.add_layer_tar(l.as_slice(), compression).expect("writing layer");
+        w.add_layer_tar(l.as_slice(), compression)
+            .expect("writing layer");
     }
     w.finish(spec).expect("finishing layout")
 }
 
 /// A layout whose only layer is this already-compressed blob, with this diff_id.
-pub fn layout_with_blob_layer(dir: &Path, blob: &[u8], media_type: &str, diff_id: Digest) -> WrittenImage {
+pub fn layout_with_blob_layer(
+    dir: &Path,
+    blob: &[u8],
+    media_type: &str,
+    diff_id: Digest,
+) -> WrittenImage {
     let mut w = LayoutWriter::create(dir).expect("creating layout");
     let (digest, size) = w.add_blob(blob).expect("writing blob");
-    w.push_layer(writer::WrittenLayer { digest, size, diff_id, media_type: media_type.to_owned() });
+    w.push_layer(writer::WrittenLayer {
+        digest,
+        size,
+        diff_id,
+        media_type: media_type.to_owned(),
+    });
     w.finish(&ImageSpec::default()).expect("finishing layout")
 }
 
@@ -291,7 +442,12 @@ pub fn oci_archive(layout: &Path, out: &Path, gzip: bool) -> PathBuf {
 /// Writes a legacy `docker save` tarball (no OCI layout inside): `manifest.json`,
 /// `<config-hex>.json`, `<id>/layer.tar` per layer (uncompressed). A layer equal
 /// to an earlier one is stored as a symlink to the earlier `layer.tar`, as docker does.
-pub fn docker_save(out: &Path, layers: &[Vec<u8>], config: &ImageConfig, repo_tags: &[&str]) -> PathBuf {
+pub fn docker_save(
+    out: &Path,
+    layers: &[Vec<u8>],
+    config: &ImageConfig,
+    repo_tags: &[&str],
+) -> PathBuf {
     let (os, arch) = runbox_image::host_platform();
     let config_json = json!({
         "architecture": arch,
@@ -325,14 +481,16 @@ pub fn docker_save(out: &Path, layers: &[Vec<u8>], config: &ImageConfig, repo_ta
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
-        b.append_data(&mut h, format!("{id}/"), std::io::empty()).expect("tar");
+        b.append_data(&mut h, format!("{id}/"), std::io::empty())
+            .expect("tar");
         let name = format!("{id}/layer.tar");
         if let Some((_, earlier)) = seen.iter().find(|(x, _)| *x == d) {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             h.set_mode(0o777);
-            b.append_link(&mut h, &name, format!("../{earlier}")).expect("tar");
+            b.append_link(&mut h, &name, format!("../{earlier}"))
+                .expect("tar");
         } else {
             add(&mut b, &name, l);
             seen.push((d, name.clone()));
@@ -341,7 +499,11 @@ pub fn docker_save(out: &Path, layers: &[Vec<u8>], config: &ImageConfig, repo_ta
         layer_names.push(name);
     }
     let manifest = json!([{ "Config": config_name, "RepoTags": repo_tags, "Layers": layer_names }]);
-    add(&mut b, "manifest.json", &serde_json::to_vec(&manifest).expect("json"));
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).expect("json"),
+    );
     let bytes = b.into_inner().expect("tar");
     std::fs::write(out, bytes).expect("writing docker-save tarball");
     out.to_owned()
@@ -358,17 +520,31 @@ pub struct LayoutEditor {
 }
 
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    dir.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 impl LayoutEditor {
     /// Loads the first manifest of the layout and its config.
     pub fn open(dir: &Path) -> LayoutEditor {
-        let read = |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(&p).expect("reading")).expect("json") };
+        let read = |p: PathBuf| -> Value {
+            serde_json::from_slice(&std::fs::read(&p).expect("reading")).expect("json")
+        };
         let index = read(dir.join("index.json"));
-        let manifest = read(blob_path(dir, index["manifests"][0]["digest"].as_str().expect("digest")));
-        let config = read(blob_path(dir, manifest["config"]["digest"].as_str().expect("digest")));
-        LayoutEditor { dir: dir.to_owned(), index, manifest, config }
+        let manifest = read(blob_path(
+            dir,
+            index["manifests"][0]["digest"].as_str().expect("digest"),
+        ));
+        let config = read(blob_path(
+            dir,
+            manifest["config"]["digest"].as_str().expect("digest"),
+        ));
+        LayoutEditor {
+            dir: dir.to_owned(),
+            index,
+            manifest,
+            config,
+        }
     }
 
     fn write_blob(&self, bytes: &[u8]) -> (String, u64) {
@@ -390,7 +566,11 @@ impl LayoutEditor {
         let (md, ms) = self.write_blob(&serde_json::to_vec(&self.manifest).expect("json"));
         self.index["manifests"][0]["digest"] = json!(md);
         self.index["manifests"][0]["size"] = json!(ms);
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&self.index).expect("json")).expect("writing index");
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&self.index).expect("json"),
+        )
+        .expect("writing index");
         md.parse().expect("digest")
     }
 
@@ -420,10 +600,17 @@ pub fn snapshot_tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            out.push(p.strip_prefix(dir).expect("prefix").to_string_lossy().into_owned());
+            out.push(
+                p.strip_prefix(dir)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(p);
             }

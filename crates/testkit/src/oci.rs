@@ -30,10 +30,15 @@ pub fn busybox_tree() -> Tree {
         .expect("running /bin/busybox --list-full (install busybox-static)");
     assert!(out.status.success(), "busybox --list-full failed");
     let mut t = Tree::new();
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "home"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "home",
+    ] {
         t.dir(d, 0o755);
     }
-    t.dir("root", 0o700).dir("tmp", 0o1777).dir("home/runner", 0o755).owner("home/runner", 1000, 1000);
+    t.dir("root", 0o700)
+        .dir("tmp", 0o1777)
+        .dir("home/runner", 0o755)
+        .owner("home/runner", 1000, 1000);
     t.host_file("bin/busybox", 0o755, Path::new(HOST_BUSYBOX));
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         let applet = applet.trim().trim_start_matches('/');
@@ -55,7 +60,11 @@ pub fn busybox_tree() -> Tree {
           runner:x:1000:1000:runner:/home/runner:/bin/sh\n"
             .to_vec(),
     );
-    t.file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\nrunner:x:1000:\n".to_vec());
+    t.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\nnobody:x:65534:\nrunner:x:1000:\n".to_vec(),
+    );
     t
 }
 
@@ -73,7 +82,12 @@ pub fn busybox_image_with_config(dir: &Path, config: ImageConfig) -> PathBuf {
 /// Writes the busybox layout at exactly `layout` and returns what was written.
 pub fn write_busybox(layout: &Path, config: ImageConfig) -> WrittenImage {
     let mut w = LayoutWriter::create(layout).expect("creating layout");
-    w.add_layer_tree(&busybox_tree(), LayerCompression::Gzip).expect("writing busybox layer");
-    w.finish(&ImageSpec { config, ref_name: Some("latest".into()), ..ImageSpec::default() })
-        .expect("finishing layout")
+    w.add_layer_tree(&busybox_tree(), LayerCompression::Gzip)
+        .expect("writing busybox layer");
+    w.finish(&ImageSpec {
+        config,
+        ref_name: Some("latest".into()),
+        ..ImageSpec::default()
+    })
+    .expect("finishing layout")
 }

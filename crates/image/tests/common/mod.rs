@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use runbox_image::{ImageError, ImportLimits, ImportOptions, ImportReport, NoProgress, Store, StoreOptions};
+use runbox_image::{
+    ImageError, ImportLimits, ImportOptions, ImportReport, NoProgress, Store, StoreOptions,
+};
 use runbox_testkit::hostile::snapshot_tree;
 use tempfile::TempDir;
 
@@ -37,21 +39,42 @@ impl Fixture {
         let outside = tmp.path().join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("sentinel"), b"untouched").unwrap();
-        let store = Store::open(&data, StoreOptions { id_base: Some(ID_BASE), limits }).expect("open store");
-        Fixture { tmp, data, outside, store }
+        let store = Store::open(
+            &data,
+            StoreOptions {
+                id_base: Some(ID_BASE),
+                limits,
+            },
+        )
+        .expect("open store");
+        Fixture {
+            tmp,
+            data,
+            outside,
+            store,
+        }
     }
 
     /// A fresh path for an input (layout dir or tarball) in the temp dir.
     pub fn input(&self, name: &str) -> PathBuf {
-        self.tmp.path().join("inputs").join(name)
+        let dir = self.tmp.path().join("inputs");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
     }
 
     pub fn import(&self, path: &Path) -> Result<ImportReport, ImageError> {
-        self.store.import(path, &ImportOptions::default(), &NoProgress)
+        self.store
+            .import(path, &ImportOptions::default(), &NoProgress)
     }
 
     pub fn import_named(&self, path: &Path, name: &str) -> Result<ImportReport, ImageError> {
-        self.store.import(path, &ImportOptions { name: Some(name.into()) }, &NoProgress)
+        self.store.import(
+            path,
+            &ImportOptions {
+                name: Some(name.into()),
+            },
+            &NoProgress,
+        )
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -71,10 +94,19 @@ impl Fixture {
         let after = self.snapshot();
         assert_eq!(before.store_files, after.store_files, "store files changed");
         assert_eq!(before.images_json, after.images_json, "images.json changed");
-        assert_eq!(before.outside, after.outside, "files appeared outside the store");
+        assert_eq!(
+            before.outside, after.outside,
+            "files appeared outside the store"
+        );
         assert_eq!(before.root, after.root, "files appeared beside the store");
-        assert_eq!(std::fs::read(self.outside.join("sentinel")).unwrap(), b"untouched");
-        assert!(snapshot_tree(&self.data.join("tmp")).is_empty(), "tmp/ is not empty");
+        assert_eq!(
+            std::fs::read(self.outside.join("sentinel")).unwrap(),
+            b"untouched"
+        );
+        assert!(
+            snapshot_tree(&self.data.join("tmp")).is_empty(),
+            "tmp/ is not empty"
+        );
     }
 
     pub fn layers_in_store(&self) -> Vec<String> {
@@ -90,7 +122,11 @@ impl Fixture {
 /// the store and host are unchanged and returns the error.
 pub fn import_layer_expect_err(f: &Fixture, layer: Vec<u8>) -> ImageError {
     let dir = f.input("layout");
-    runbox_testkit::hostile::layout_with_layers(&dir, &[layer], runbox_image::writer::LayerCompression::Gzip);
+    runbox_testkit::hostile::layout_with_layers(
+        &dir,
+        &[layer],
+        runbox_image::writer::LayerCompression::Gzip,
+    );
     let before = f.snapshot();
     let err = f.import(&dir).expect_err("import should fail");
     f.assert_unchanged(&before);
@@ -100,7 +136,11 @@ pub fn import_layer_expect_err(f: &Fixture, layer: Vec<u8>) -> ImageError {
 /// Imports layers (one image) and expects success.
 pub fn import_layers(f: &Fixture, layers: &[Vec<u8>]) -> ImportReport {
     let dir = f.input(&format!("layout-{}", rand_suffix()));
-    runbox_testkit::hostile::layout_with_layers(&dir, layers, runbox_image::writer::LayerCompression::Gzip);
+    runbox_testkit::hostile::layout_with_layers(
+        &dir,
+        layers,
+        runbox_image::writer::LayerCompression::Gzip,
+    );
     f.import(&dir).expect("import")
 }
 
