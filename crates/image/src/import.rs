@@ -1052,3 +1052,58 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(s: &str) -> ImageRef {
+        parse_wanted_name(s).unwrap()
+    }
+
+    #[test]
+    fn names_from_option_annotation_and_repo_tags() {
+        // The caller's name wins; a tag-only annotation supplies its tag.
+        assert_eq!(
+            choose_names(Some(&wanted("bb")), Some("1.36"), &[]),
+            vec!["bb:1.36"]
+        );
+        assert_eq!(
+            choose_names(Some(&wanted("bb:x")), Some("1.36"), &[]),
+            vec!["bb:x"]
+        );
+        assert_eq!(
+            choose_names(Some(&wanted("bb")), Some("reg.io/a/b:2"), &[]),
+            vec!["bb:latest"]
+        );
+        // A full reference annotation names the image; a bare tag does not.
+        assert_eq!(
+            choose_names(None, Some("reg.io/a/b:2"), &[]),
+            vec!["reg.io/a/b:2"]
+        );
+        assert!(choose_names(None, Some("latest"), &[]).is_empty());
+        // docker RepoTags, normalized, invalid ones skipped.
+        let tags = vec![
+            "busybox".to_owned(),
+            "Bad Tag".to_owned(),
+            "x/y:1".to_owned(),
+        ];
+        assert_eq!(
+            choose_names(None, None, &tags),
+            vec!["busybox:latest", "x/y:1"]
+        );
+    }
+
+    #[test]
+    fn docker_file_names_carry_digests() {
+        let hex = "a".repeat(64);
+        assert_eq!(digest_in_name(&format!("{hex}.json")).unwrap().hex(), hex);
+        assert_eq!(
+            digest_in_name(&format!("blobs/sha256/{hex}"))
+                .unwrap()
+                .hex(),
+            hex
+        );
+        assert!(digest_in_name("abc/layer.tar").is_none());
+    }
+}

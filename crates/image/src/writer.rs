@@ -308,7 +308,6 @@ pub struct ImageSpec {
     pub created: Option<String>,
 }
 
-
 /// A finished layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenImage {

@@ -619,3 +619,18 @@ pub fn snapshot_tree(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Makes the manifest lie about layer `index`'s size (everything else stays
+/// consistent). Returns the new manifest digest.
+pub fn set_layer_size(layout: &Path, index: usize, size: u64) -> Digest {
+    let mut ed = LayoutEditor::open(layout);
+    ed.manifest["layers"][index]["size"] = json!(size);
+    ed.save()
+}
+
+/// Makes the config claim `diff_id` for layer `index`. Returns the new manifest digest.
+pub fn set_diff_id(layout: &Path, index: usize, diff_id: &Digest) -> Digest {
+    let mut ed = LayoutEditor::open(layout);
+    ed.config["rootfs"]["diff_ids"][index] = json!(diff_id.to_string());
+    ed.save()
+}

@@ -1,0 +1,96 @@
+//! Measures import throughput: the busybox image, and a synthetic image of many
+//! files (default 200 MB in 20,000 files over 4 layers).
+//!
+//! `cargo run --release -p runbox-image --example import_throughput [MB] [FILES] [LAYERS]`
+#![allow(clippy::print_stdout)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use runbox_image::writer::{ImageSpec, LayerCompression, LayoutWriter, Tree};
+use runbox_image::{ImportOptions, NoProgress, Store, StoreOptions};
+
+fn import(store_dir: &Path, layout: &Path, label: &str) {
+    let store = Store::open(store_dir, StoreOptions::default()).expect("open store");
+    let t = Instant::now();
+    let r = store
+        .import(layout, &ImportOptions::default(), &NoProgress)
+        .expect("import");
+    let secs = t.elapsed().as_secs_f64();
+    let mb = r.image.size_bytes as f64 / 1e6;
+    let read = r.bytes_read as f64 / 1e6;
+    println!(
+        "{label}: {} layers, {mb:.1} MB unpacked, {read:.1} MB read, {:.3} s: {:.0} MB/s unpacked, {:.0} MB/s read",
+        r.layers_unpacked,
+        secs,
+        mb / secs,
+        read / secs
+    );
+    let t = Instant::now();
+    let again = store
+        .import(layout, &ImportOptions::default(), &NoProgress)
+        .expect("import");
+    assert!(again.already_present);
+    println!(
+        "{label}: re-import (already present) {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("number"))
+        .collect();
+    let mb = args.first().copied().unwrap_or(200);
+    let files = args.get(1).copied().unwrap_or(20_000);
+    let layers = args.get(2).copied().unwrap_or(4);
+    let tmp =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("tempdir");
+
+    let bb = runbox_testkit::oci::busybox_image(&tmp.path().join("in"));
+    import(&tmp.path().join("store-bb"), &bb, "busybox");
+
+    // Synthetic: pseudo-random (barely compressible) content, like binaries.
+    let per_file = (mb * 1_000_000 / files) as usize;
+    let layout = tmp.path().join("in/synthetic");
+    let mut w = LayoutWriter::create(&layout).expect("layout");
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let t = Instant::now();
+    for l in 0..layers {
+        let mut tree = Tree::new();
+        let n = files / layers;
+        for i in 0..n {
+            let dir = format!("l{l}/d{}", i / 100);
+            tree.dir(&format!("l{l}"), 0o755).dir(&dir, 0o755);
+            let mut buf = vec![0u8; per_file];
+            for chunk in buf.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let b = state.to_le_bytes();
+                chunk.copy_from_slice(&b[..chunk.len()]);
+            }
+            // Make half of each file compressible, as real files are.
+            let half = buf.len() / 2;
+            buf[..half].fill(b'a');
+            tree.file(&format!("{dir}/f{i}"), 0o644, buf);
+        }
+        w.add_layer_tree(&tree, LayerCompression::Gzip)
+            .expect("layer");
+    }
+    w.finish(&ImageSpec::default()).expect("finish");
+    println!(
+        "built synthetic layout ({mb} MB, {files} files, {layers} layers) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    import(&tmp.path().join("store-syn"), &layout, "synthetic");
+    let archive = tmp.path().join("in/synthetic.tar");
+    runbox_image::writer::write_oci_archive(&layout, &archive, false).expect("archive");
+    import(
+        &tmp.path().join("store-syn-tar"),
+        &archive,
+        "synthetic (OCI archive)",
+    );
+}
