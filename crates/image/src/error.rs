@@ -60,6 +60,12 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the image file {path}: {source}")]
+    InputUnreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the image store at {path} is in use by a running job or another runbox command; try again later")]
     StoreBusy { path: PathBuf },
     #[error("the image store at {path} was created with id base {store}, but id base {requested} was requested; layers are owned by shifted ids, so changing the id base needs a fresh store (a new data directory)")]
@@ -196,6 +202,7 @@ impl ImageError {
         use ImageError::*;
         match self {
             Io { .. } => ErrorCode::Io,
+            InputUnreadable { .. } => ErrorCode::InputUnreadable,
             StoreBusy { .. } => ErrorCode::StoreBusy,
             IdBaseMismatch { .. }
             | IdBaseOutOfRange(_)

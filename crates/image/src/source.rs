@@ -71,9 +71,13 @@ impl Source {
     /// archive, or a gzip-compressed one, which is decompressed into `staging`
     /// first (bounded by `limits.max_archive_bytes`).
     pub(crate) fn open(path: &Path, staging: &Path, limits: &ImportLimits) -> Result<Source> {
-        let meta = std::fs::metadata(path).map_err(|e| ImageError::io("reading", path, e))?;
+        let unreadable = |e| ImageError::InputUnreadable {
+            path: path.to_owned(),
+            source: e,
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
         if meta.is_dir() {
-            let fd = fsutil::open_dir(path).map_err(|e| ImageError::io("opening", path, e))?;
+            let fd = fsutil::open_dir(path).map_err(unreadable)?;
             return Ok(Source {
                 kind: Kind::Dir(fd),
                 path: path.to_owned(),
@@ -85,7 +89,7 @@ impl Source {
                 reason: "it is neither a directory nor a regular file".into(),
             });
         }
-        let mut file = File::open(path).map_err(|e| ImageError::io("opening", path, e))?;
+        let mut file = File::open(path).map_err(unreadable)?;
         let mut magic = [0u8; 2];
         let n = file
             .read_at(&mut magic, 0)

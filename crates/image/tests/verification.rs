@@ -281,3 +281,11 @@ fn not_an_image_is_unrecognized() {
     ));
     f.assert_unchanged(&before);
 }
+
+#[test]
+fn missing_input_is_input_unreadable() {
+    let f = Fixture::new();
+    let err = f.import(&f.input("does-not-exist")).unwrap_err();
+    assert!(matches!(err, ImageError::InputUnreadable { .. }), "{err:?}");
+    assert_eq!(err.code(), ErrorCode::InputUnreadable);
+}
