@@ -300,3 +300,35 @@ fn marker_less_layer_dir_is_replaced_on_import() {
     assert!(!stale.join("garbage").exists());
     assert!(stale.join("x").is_file());
 }
+
+#[test]
+fn concurrent_imports_of_one_image_agree() {
+    let f = Fixture::new();
+    let dir = f.input("l");
+    let layers: Vec<Vec<u8>> = (0..3).map(|i| layer(&format!("f{i}"))).collect();
+    runbox_testkit::hostile::layout_with_layers(
+        &dir,
+        &layers,
+        runbox_image::writer::LayerCompression::Gzip,
+    );
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let (f, dir) = (&f, &dir);
+                s.spawn(move || f.import_named(dir, &format!("n:{i}")).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let list = f.store.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].names.len(), 3);
+    assert!(reports
+        .iter()
+        .all(|r| r.image.manifest_digest == list[0].manifest_digest));
+    assert_eq!(f.layers_in_store().len(), 3);
+    assert!(std::fs::read_dir(f.data.join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+}

@@ -429,3 +429,34 @@ fn parent_directories_are_created_like_docker() {
     assert_eq!(m.permissions().mode() & 0o7777, 0o755);
     assert_eq!(m.uid(), ID_BASE);
 }
+
+#[test]
+fn one_bad_layer_among_many_leaves_nothing() {
+    let f = Fixture::new();
+    let dir = f.input("layout");
+    let mut layers: Vec<Vec<u8>> = (0..5)
+        .map(|i| {
+            TarBuilder::new()
+                .file(&format!("ok{i}"), &vec![7u8; 100_000])
+                .finish()
+        })
+        .collect();
+    layers[3] = TarBuilder::new()
+        .symlink("l", "/")
+        .file("l/pwned", b"x")
+        .finish();
+    runbox_testkit::hostile::layout_with_layers(
+        &dir,
+        &layers,
+        runbox_image::writer::LayerCompression::Gzip,
+    );
+    let before = f.snapshot();
+    let err = f.import(&dir).unwrap_err();
+    assert_eq!(reason(&err), &UnsafeEntry::ThroughSymlink);
+    f.assert_unchanged(&before);
+    assert!(
+        f.layers_in_store().is_empty(),
+        "layers unpacked in parallel are not committed"
+    );
+    assert!(!std::path::Path::new("/pwned").exists());
+}
