@@ -261,6 +261,7 @@ impl Backend for NamespaceBackend {
         };
         let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
         let who = user::resolve(plan.user.as_ref(), &passwd, &group)?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "user resolved");
         let map = self.cfg.id_map;
         let (host_uid, host_gid) = (map.to_host(who.uid), map.to_host(who.gid));
         let mut env = plan.env.clone();
@@ -332,6 +333,7 @@ impl Backend for NamespaceBackend {
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
 
         let cg = CgroupGuard(self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?);
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup created");
         let attach = cg.0.attach()?;
         let (procs, cgroup_fd): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &attach {
             Attach::Procs(fds) => (fds, None),
@@ -395,10 +397,15 @@ impl Backend for NamespaceBackend {
             pidfd,
             reaped: false,
         };
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "sandbox process forked"
+        );
         drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, attach));
 
         // Wait for READY (or the child's death, with its reason on the error pipe).
         wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox mounted");
 
         let root = SandboxRoot::of_process(pid).map_err(|e| SandboxError::Setup {
             stage: "opening the sandbox root",
@@ -427,6 +434,10 @@ impl Backend for NamespaceBackend {
         }
         rustix::io::write(&sync_parent, &[GO]).map_err(setup_err("starting the program"))?;
         let go = Instant::now();
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "inputs placed, go sent"
+        );
 
         let outcome = supervise::supervise(
             &child.pidfd,
@@ -444,6 +455,7 @@ impl Backend for NamespaceBackend {
             go,
         )?;
         child.reaped = true;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "job exited");
 
         if let Some(ce) = outcome.child_error {
             let command = plan.argv[0].clone();
@@ -472,6 +484,10 @@ impl Backend for NamespaceBackend {
         // The last reference to the sandbox's overlay and tmpfs: closing it frees them.
         drop(root);
         drop(cg);
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "outputs collected, cgroup removed"
+        );
         let end = Instant::now();
 
         let (status, mut limits_hit) = decide(outcome.exit, outcome.killed, &stats);

@@ -200,6 +200,12 @@ pub(crate) fn supervise(
         );
         drop(fds);
 
+        if r_out && !out_open {
+            tracing::trace!(
+                us_since_go = go.elapsed().as_micros() as u64,
+                "stdout closed"
+            );
+        }
         if r_sync || r_pid {
             // Init writes the status just before it exits, so read it before reaping.
             sync_open = read_status(&pipes.sync, &mut program_status);
@@ -215,6 +221,10 @@ pub(crate) fn supervise(
             let mut b = [0u8; ChildError::SIZE];
             match rustix::io::read(&pipes.err, &mut b) {
                 Ok(0) => {
+                    tracing::debug!(
+                        us_since_go = go.elapsed().as_micros() as u64,
+                        "program executed"
+                    );
                     errpipe_open = false;
                     if child_error.is_none() {
                         events.started();
@@ -245,6 +255,10 @@ pub(crate) fn supervise(
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
             ) {
                 Ok(Some(_init_status)) => {
+                    tracing::debug!(
+                        us_since_go = go.elapsed().as_micros() as u64,
+                        "sandbox init reaped"
+                    );
                     // Init ends right after the program, and reports the program's own
                     // status. No report means init was killed (by us, for a limit):
                     // everything in the sandbox died of SIGKILL.

@@ -1,0 +1,227 @@
+//! Command-line definitions: flags are declared once here and used for parsing,
+//! `--help` and the README's reference.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::units::{parse_cpus, parse_duration_ms, parse_size};
+
+/// Run untrusted programs from OCI images in isolated sandboxes, with limits.
+#[derive(Debug, Parser)]
+#[command(name = "runbox", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Where images, layers and sandbox state live.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOX_DATA_DIR",
+        default_value = "/var/lib/runbox",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Log verbosity (error, warn, info, debug, trace); also RUNBOX_LOG.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOX_LOG",
+        default_value = "warn",
+        value_name = "LEVEL"
+    )]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const EXIT_CODES: &str = "\
+Exit codes of `runbox run`: the program's own exit code, or 128+N when signal N
+ended it (137 when a limit killed it). 125: runbox itself failed (bad option,
+unknown image, hostile input, sandbox set-up); 126: the command cannot be
+executed; 127: the command was not found. Other commands exit 0 or 125.";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox from an image.
+    Run(Box<RunArgs>),
+    /// Manage the local image store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout directory, an OCI archive, or a `docker save` tarball.
+    Import {
+        /// The directory or tarball (gzip-compressed tarballs are accepted).
+        path: PathBuf,
+        /// Name the image `NAME[:TAG]` (default: the name recorded in the file).
+        #[arg(long, short = 't', value_name = "NAME[:TAG]")]
+        name: Option<String>,
+        /// Print the result as JSON, without progress bars.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (by name, digest or id prefix); unshared layers are deleted.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete blobs and layers no image uses.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Image to run: NAME[:TAG], a digest, or an image id prefix.
+    pub image: String,
+
+    /// Command and arguments (after `--`); default: the image's Entrypoint and Cmd.
+    #[arg(last = true, value_name = "ARGV")]
+    pub argv: Vec<String>,
+
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Working directory inside the sandbox (default: the image's, else /work).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// Run as USER[:GROUP] (names from the image, or numbers). Default: the image's
+    /// User, else 1000:1000. Root inside is an unprivileged id on the host.
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Replace the image's Entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+
+    /// Place a file before the run: PATH=@HOSTFILE copies a host file, PATH=TEXT
+    /// writes TEXT. Relative paths are under the working directory. Add `:x` after
+    /// PATH (PATH:x=...) to make it executable.
+    #[arg(short = 'i', long = "input", value_name = "PATH=@FILE")]
+    pub inputs: Vec<String>,
+
+    /// Collect this file or directory after the run (relative to the working dir).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub outputs: Vec<String>,
+
+    /// Host directory the collected outputs are written to.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Do not pass stdin to the program (it reads end-of-file). Without it, stdin
+    /// is passed when it is not a terminal.
+    #[arg(long)]
+    pub no_stdin: bool,
+
+    /// Print one JSON JobResult instead of mirroring the program's output.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Resource limits. Defaults: 10s wall and CPU time, 1 CPU, 512m memory, 64 pids,
+/// 1024 files, 64m file size, 256m tmpfs, 1m per output stream.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Wall-clock time limit (e.g. 10s, 500ms). [default: 10s]
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub wall_time: Option<u64>,
+    /// CPU time limit over all processes. [default: 10s]
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub cpu_time: Option<u64>,
+    /// CPU bandwidth, in CPUs (e.g. 0.5, 2). [default: 1]
+    #[arg(long, value_parser = parse_cpus, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Memory limit, page cache and tmpfs included (e.g. 256m, 1g). [default: 512m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub memory: Option<u64>,
+    /// Most processes and threads alive at once. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u32>,
+    /// Most open files per process. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub nofile: Option<u32>,
+    /// Largest file a process may write. [default: 64m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub file_size: Option<u64>,
+    /// Size of the writable layer (tmpfs). [default: 256m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub tmpfs_size: Option<u64>,
+    /// Inodes of the writable layer. [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub tmpfs_inodes: Option<u64>,
+    /// Bytes of stdout and of stderr kept; the rest is counted and dropped. [default: 1m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub output_limit: Option<u64>,
+    /// Bytes of output files collected in total. [default: 16m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub output_files_limit: Option<u64>,
+    /// Bytes of stdin and input files in total. [default: 16m]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub input_limit: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_parses_limits_and_argv() {
+        let cli = Cli::try_parse_from([
+            "runbox",
+            "run",
+            "--memory",
+            "64m",
+            "--wall-time",
+            "2s",
+            "--cpus",
+            "0.5",
+            "img",
+            "--",
+            "sh",
+            "-c",
+            "echo",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.image, "img");
+        assert_eq!(r.argv, ["sh", "-c", "echo"]);
+        assert_eq!(
+            (r.limits.memory, r.limits.wall_time, r.limits.cpus),
+            (Some(64 << 20), Some(2000), Some(500))
+        );
+    }
+
+    #[test]
+    fn malformed_limits_are_rejected_with_the_reason() {
+        let e = Cli::try_parse_from(["runbox", "run", "--memory", "lots", "img"]).unwrap_err();
+        assert!(e.to_string().contains("not a size"), "{e}");
+    }
+}

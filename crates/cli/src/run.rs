@@ -1,0 +1,309 @@
+//! `runbox run`: from command-line flags to a JobSpec, a sandbox, and back to the
+//! terminal (or one JSON JobResult).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use runbox_core::{
+    Data, ErrorCode, InputFile, JobResult, JobSpec, JobStatus, Limits, LimitsPolicy, LimitsSpec,
+};
+use runbox_image::Store;
+use runbox_sandbox::{
+    plan, Backend, ImageDefaults, JobEvents, NamespaceBackend, NamespaceConfig, RunImage,
+};
+
+use crate::cli::{LimitArgs, RunArgs};
+use crate::error::CliError;
+use crate::units::human_bytes;
+use crate::{hostout, print_json, Exit};
+
+/// Mirrors the program's output to ours as it comes.
+struct Mirror;
+
+impl JobEvents for Mirror {
+    fn stdout(&mut self, chunk: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(chunk).and_then(|_| out.flush());
+    }
+    fn stderr(&mut self, chunk: &[u8]) {
+        let _ = std::io::stderr().write_all(chunk);
+    }
+}
+
+/// Collects nothing live (the JSON result carries the output).
+struct Quiet;
+impl JobEvents for Quiet {}
+
+fn limits_spec(l: &LimitArgs) -> LimitsSpec {
+    LimitsSpec {
+        wall_time_ms: l.wall_time,
+        cpu_time_ms: l.cpu_time,
+        cpu_millis: l.cpus,
+        memory_bytes: l.memory,
+        pids: l.pids,
+        nofile: l.nofile,
+        file_size_bytes: l.file_size,
+        tmpfs_bytes: l.tmpfs_size,
+        tmpfs_inodes: l.tmpfs_inodes,
+        output_bytes: l.output_limit,
+        output_files_bytes: l.output_files_limit,
+        input_bytes: l.input_limit,
+    }
+}
+
+/// Limits allowed on this machine: memory and tmpfs up to its RAM, CPUs up to its count.
+pub fn host_policy() -> LimitsPolicy {
+    let mem = rustix::system::sysinfo();
+    let total = mem.totalram.saturating_mul(u64::from(mem.mem_unit));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    LimitsPolicy::for_host(total, cpus)
+}
+
+fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
+    let bad = || {
+        CliError::new(
+            ErrorCode::InvalidArgument,
+            format!("--input {spec:?}: expected PATH=@HOSTFILE or PATH=TEXT (PATH:x=... for an executable)"),
+        )
+    };
+    let (path, value) = spec.split_once('=').ok_or_else(bad)?;
+    let (path, executable) = match path.strip_suffix(":x") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    if path.is_empty() {
+        return Err(bad().into());
+    }
+    let content = match value.strip_prefix('@') {
+        Some(host) => read_host_file(Path::new(host), max)?,
+        None => value.as_bytes().to_vec(),
+    };
+    Ok(InputFile {
+        path: path.to_owned(),
+        content: Data(content),
+        executable,
+    })
+}
+
+/// Reads a host file named on the command line, refusing it before reading when it
+/// is larger than `max`.
+fn read_host_file(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    let unreadable = |e: std::io::Error| {
+        CliError::new(
+            ErrorCode::InputUnreadable,
+            format!("cannot read input file {}: {e}", path.display()),
+        )
+    };
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = f.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(CliError::new(
+            ErrorCode::InputUnreadable,
+            format!("input file {} is not a regular file", path.display()),
+        )
+        .into());
+    }
+    if meta.len() > max {
+        return Err(too_big(&format!("input file {}", path.display()), meta.len(), max).into());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut buf).map_err(unreadable)?;
+    Ok(buf)
+}
+
+fn too_big(what: &str, size: u64, max: u64) -> CliError {
+    CliError::new(
+        ErrorCode::InvalidLimit,
+        format!("{what} is {} ({size} bytes), over the input limit of {max} bytes; raise it with --input-limit", human_bytes(size)),
+    )
+}
+
+/// Reads our stdin (unless it is a terminal or --no-stdin), up to `max` bytes.
+fn read_stdin(args: &RunArgs, max: u64) -> anyhow::Result<Option<Data>> {
+    let stdin = std::io::stdin();
+    if args.no_stdin || stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .take(max + 1)
+        .read_to_end(&mut buf)
+        .context("reading stdin")?;
+    if buf.len() as u64 > max {
+        return Err(too_big("stdin", buf.len() as u64, max).into());
+    }
+    Ok(Some(Data(buf)))
+}
+
+fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
+    let mut env = std::collections::BTreeMap::new();
+    for e in &args.env {
+        match e.split_once('=') {
+            Some((k, v)) => {
+                env.insert(k.to_owned(), v.to_owned());
+            }
+            // docker: `-e KEY` passes the host's value, and nothing when it is unset.
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    env.insert(e.clone(), v);
+                }
+            }
+        }
+    }
+    if !args.outputs.is_empty() && args.output_dir.is_none() && !args.json {
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--output needs --output-dir DIR to write the files to (or --json to get them in the result)",
+        )
+        .into());
+    }
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|i| parse_input(i, input_max))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(JobSpec {
+        image: args.image.clone(),
+        argv: (!args.argv.is_empty()).then(|| args.argv.clone()),
+        entrypoint: args.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        stdin: read_stdin(args, input_max)?,
+        inputs,
+        outputs: args.outputs.clone(),
+        limits: limits_spec(&args.limits),
+        network: Default::default(),
+    })
+}
+
+/// A random job id (16 hex characters).
+fn job_id() -> String {
+    let mut b = [0u8; 8];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    runbox_core::new_id(u64::from_le_bytes(b))
+}
+
+pub fn run(data_dir: &Path, store: &Store, args: RunArgs) -> anyhow::Result<Exit> {
+    let t0 = std::time::Instant::now();
+    let policy = host_policy();
+    // The input limit applies while reading host files, before planning checks it.
+    let input_max = args
+        .limits
+        .input_limit
+        .unwrap_or(Limits::default().input_bytes);
+    let spec = build_spec(&args, input_max)?;
+
+    let _lease = store.lock_shared()?;
+    let record = store.resolve(&spec.image)?;
+    let image = RunImage {
+        layers_dir: store.layers_dir().to_path_buf(),
+        layers: record
+            .layers
+            .iter()
+            .map(|l| l.diff_id.hex().to_owned())
+            .collect(),
+        defaults: ImageDefaults {
+            entrypoint: record.config.entrypoint.clone(),
+            cmd: record.config.cmd.clone(),
+            env: record.config.env.clone(),
+            working_dir: record.config.working_dir.clone(),
+            user: record.config.user.clone(),
+        },
+    };
+    let job = plan(job_id(), spec, image, &Limits::default(), &policy)?;
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "image resolved, job planned"
+    );
+    let (backend, sweep) = NamespaceBackend::new(NamespaceConfig::new(
+        data_dir.join("sandbox"),
+        store.id_map(),
+    ))?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "backend ready");
+    if sweep.cgroups_removed > 0 {
+        tracing::info!(
+            removed = sweep.cgroups_removed,
+            "cleaned up after a crashed runbox"
+        );
+    }
+    let mut result = if args.json {
+        backend.run(&job, &mut Quiet)?
+    } else {
+        backend.run(&job, &mut Mirror)?
+    };
+
+    if let Some(dir) = &args.output_dir {
+        hostout::save_outputs(dir, &mut result.outputs)?;
+    }
+    if args.json {
+        print_json(&result)?;
+    } else {
+        report_cuts(&result);
+    }
+    Ok(Exit::Code(exit_code(&result)))
+}
+
+/// The exit status `runbox run` mirrors: the program's code, or 128+signal.
+pub fn exit_code(r: &JobResult) -> u8 {
+    match (r.exit_code, r.signal) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => (128 + s) as u8,
+        (None, None) => 125,
+    }
+}
+
+/// Tells a person what limits cut the job, on stderr after the program's output.
+fn report_cuts(r: &JobResult) {
+    let l = &r.limits;
+    let why = match r.status {
+        JobStatus::WallTimeLimit => {
+            Some(format!("wall time limit of {} ms reached", l.wall_time_ms))
+        }
+        JobStatus::CpuTimeLimit => Some(format!("CPU time limit of {} ms reached", l.cpu_time_ms)),
+        JobStatus::MemoryLimit => Some(format!(
+            "memory limit of {} reached",
+            human_bytes(l.memory_bytes)
+        )),
+        JobStatus::PidsLimit => Some(format!("process limit of {} reached", l.pids)),
+        JobStatus::FileSizeLimit => Some(format!(
+            "file size limit of {} reached",
+            human_bytes(l.file_size_bytes)
+        )),
+        _ => None,
+    };
+    if let Some(why) = why {
+        eprintln!("runbox: {why}; the job was stopped ({})", r.status.as_str());
+    }
+    for (name, truncated, total) in [
+        ("stdout", r.stdout_truncated, r.stdout_bytes),
+        ("stderr", r.stderr_truncated, r.stderr_bytes),
+    ] {
+        if truncated {
+            eprintln!(
+                "runbox: {name} truncated: kept {} of {} ({total} bytes)",
+                human_bytes(l.output_bytes),
+                human_bytes(total)
+            );
+        }
+    }
+    for o in &r.outputs {
+        if let Some(e) = &o.error {
+            eprintln!("runbox: output {} not collected: {e}", o.path);
+        } else if o.truncated {
+            eprintln!(
+                "runbox: output {} truncated (output-files limit of {})",
+                o.path,
+                human_bytes(l.output_files_bytes)
+            );
+        }
+    }
+}
