@@ -89,27 +89,40 @@ pub unsafe fn fork_into(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Re
     }
 }
 
-/// A plain fork by raw `clone3` (no namespaces, no pidfd), bypassing the libc's
-/// fork handlers, which may take locks a post-fork child cannot. Returns `None` in
-/// the child and the child's pid in the parent.
-pub fn fork_plain() -> io::Result<Option<i32>> {
-    let mut args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: as in `fork_into`: valid clone_args, a zero stack makes this a fork.
-    // It is only called from a single-threaded post-fork child, which already obeys
-    // the async-signal-safe rules that both sides keep following.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
+/// Starts a child that shares this process's memory and runs `child` on `stack`,
+/// suspending the caller until the child execs or exits (`CLONE_VM | CLONE_VFORK`,
+/// what `posix_spawn` does). Nothing is copied, so it costs the same whatever the
+/// size of the address space. Returns the child's pid.
+///
+/// # Safety
+///
+/// `child` runs in our address space on `stack` while we are suspended: it must not
+/// unwind, must not touch locks or the allocator, must leave our memory as it found
+/// it apart from `stack` and its own locals, and must end in execve or `_exit`.
+/// `stack` must stay valid until then (we are suspended, so a local is fine).
+pub unsafe fn vfork_on_stack(stack: &mut [u8], child: &mut dyn FnMut() -> i32) -> io::Result<i32> {
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut &mut dyn FnMut` passed below, alive while the
+        // parent is suspended in clone().
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut() -> i32) };
+        f()
+    }
+    // The stack grows down: start at its 16-byte-aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let mut f: &mut dyn FnMut() -> i32 = child;
+    // SAFETY: `top` is the aligned end of a writable buffer we own; the trampoline
+    // and argument match clone(2)'s contract; the caller upholds the vfork rules.
+    let pid = unsafe {
+        libc::clone(
+            trampoline,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut f as *mut &mut dyn FnMut() -> i32 as *mut libc::c_void,
         )
     };
-    match ret {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
-        pid => Ok(Some(pid as i32)),
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
     }
 }

@@ -14,19 +14,9 @@ pub mod v2;
 
 use std::fmt::Debug;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use runbox_core::Limits;
-
-/// How a new process joins a job's cgroup.
-#[derive(Debug)]
-pub enum Attach {
-    /// cgroup v1: the child writes "0" into each of these open `cgroup.procs` files.
-    Procs(Vec<OwnedFd>),
-    /// cgroup v2: the job's directory, for `clone3(CLONE_INTO_CGROUP)`.
-    IntoCgroup(OwnedFd),
-}
 
 /// What a job's cgroup accounted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,8 +67,9 @@ pub trait Cgroups: Send + Sync + Debug {
 
 /// The cgroup of one job.
 pub trait JobCgroup: Send + Debug {
-    /// How the job's first process joins this cgroup.
-    fn attach(&self) -> Result<Attach, CgroupError>;
+    /// Moves the process `pid` (and the children it forks from then on) into this
+    /// cgroup.
+    fn add_process(&self, pid: i32) -> Result<(), CgroupError>;
     /// CPU time used so far, for enforcing the CPU-time limit while the job runs.
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError>;
     fn stats(&self) -> Result<CgroupStats, CgroupError>;

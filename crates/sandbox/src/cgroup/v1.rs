@@ -2,14 +2,13 @@
 //! co-mounted (`cpu,cpuacct`). A job cgroup is a directory of the same name in each.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use runbox_core::Limits;
 
 use super::{
     cfs_quota_us, keyed_value, kill_procs, mkdir_if_missing, read_text, read_u64, rmdir_if_present,
-    write_text, Attach, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, CFS_PERIOD_US,
+    write_text, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, CFS_PERIOD_US,
 };
 
 /// The v1 hierarchies runbox uses, each with runbox's parent directory under it.
@@ -158,17 +157,12 @@ impl JobCgroupV1 {
 }
 
 impl JobCgroup for JobCgroupV1 {
-    fn attach(&self) -> Result<Attach, CgroupError> {
-        let mut fds: Vec<OwnedFd> = Vec::new();
+    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        let pid = pid.to_string();
         for dir in self.dirs() {
-            let p = dir.join("cgroup.procs");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| CgroupError::io(&p, e))?;
-            fds.push(f.into());
+            write_text(&dir.join("cgroup.procs"), &pid)?;
         }
-        Ok(Attach::Procs(fds))
+        Ok(())
     }
 
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError> {

@@ -148,8 +148,6 @@ pub(crate) struct ChildPlan<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
-    /// cgroup v1 `cgroup.procs` files to write "0" into (empty for v2).
-    pub cgroup_procs: &'a [OwnedFd],
     /// Mount point for the tmpfs (an empty host directory; the mount is only ever
     /// visible in the sandbox's private mount namespace).
     pub scratch: &'a CStr,
@@ -216,10 +214,14 @@ pub(crate) fn spawn(
 
 /// Runs the child to its exec; never returns.
 fn run(plan: &ChildPlan<'_>) -> ! {
-    let err = match setup_and_exec(plan) {
+    match setup_and_exec(plan) {
         Ok(never) => match never {},
-        Err(e) => e,
-    };
+        Err(e) => fail(plan, e),
+    }
+}
+
+/// Reports `err` to the parent and exits.
+fn fail(plan: &ChildPlan<'_>, err: ChildError) -> ! {
     let _ = rustix::io::write(plan.err, &err.to_bytes());
     exit_now(match (err.stage, err.errno) {
         (Stage::Exec, libc::ENOENT) => 127,
@@ -238,9 +240,6 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     // read: it must not show runbox's own arguments (or environment).
     p.arg_regions.scrub();
 
-    for fd in p.cgroup_procs {
-        rustix::io::write(fd, b"0").map_err(at(Stage::JoinCgroup))?;
-    }
     runbox_sys::net::loopback_up().map_err(io_at(Stage::Loopback))?;
 
     // Nothing mounted from here on may propagate back to the host.
@@ -301,7 +300,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     // From here, root inside is an unprivileged id outside. The mount, network, uts
     // and ipc namespaces stay owned by the initial user namespace, so no capability
     // gained in the new one reaches them.
-    runbox_sys::process::unshare_namespaces(unshare_flags::NEWUSER | unshare_flags::NEWCGROUP)
+    runbox_sys::process::unshare_namespaces(unshare_flags::NEWUSER)
         .map_err(io_at(Stage::Unshare))?;
 
     rustix::io::write(p.sync, &[READY]).map_err(at(Stage::WaitForParent))?;
@@ -316,15 +315,34 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     // The kernel ignores signals that pid 1 has no handler for unless they come from
     // an ancestor namespace, so a program that is pid 1 would survive SIGXFSZ,
     // SIGXCPU and SIGPIPE, and nothing would reap orphans.
-    match runbox_sys::fork::fork_plain().map_err(io_at(Stage::Exec))? {
-        None => program(p),
-        Some(pid) => init(p, pid),
-    }
+    let pid = spawn_program(p)?;
+    init(p, pid)
+}
+
+/// Starts the program's process sharing init's memory (nothing to copy), with init
+/// suspended until it execs or fails.
+#[allow(unsafe_code)]
+fn spawn_program(p: &ChildPlan<'_>) -> Step<i32> {
+    let mut stack = [0u8; 128 * 1024];
+    let mut child = || -> i32 {
+        match program(p) {
+            Ok(never) => match never {},
+            Err(e) => fail(p, e),
+        }
+    };
+    // SAFETY: `program` makes raw system calls on the prepared plan, writes only its
+    // own stack (inside `stack`, alive while we are suspended), never unwinds, and
+    // ends in execve or `fail` (_exit).
+    unsafe { runbox_sys::fork::vfork_on_stack(&mut stack, &mut child) }.map_err(io_at(Stage::Exec))
 }
 
 /// The program's process: drops every privilege and execs.
 fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     use rustix::process::Signal;
+    // The parent put init in the job's cgroup before GO; this makes it the root of
+    // what the program sees in /proc/self/cgroup and /sys/fs/cgroup.
+    runbox_sys::process::unshare_namespaces(unshare_flags::NEWCGROUP)
+        .map_err(io_at(Stage::Unshare))?;
     runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
     rustix::thread::set_thread_groups(p.groups).map_err(at(Stage::SetIds))?;
     let gid = rustix::process::Gid::from_raw(p.gid);

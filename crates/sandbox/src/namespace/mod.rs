@@ -27,7 +27,7 @@ mod supervise;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use rustix::process::{pidfd_send_signal, waitid, Resource, Signal, WaitId, WaitI
 use self::child::{ChildError, ChildPlan, Stage, GO, READY};
 use self::files::SandboxRoot;
 use self::supervise::{decide, Exit, Pipes};
-use crate::cgroup::{self, Attach, Cgroups, JobCgroup};
+use crate::cgroup::{self, Cgroups, JobCgroup};
 use crate::plan::JobPlan;
 use crate::{user, Backend, JobEvents, SandboxError};
 
@@ -332,14 +332,6 @@ impl Backend for NamespaceBackend {
         let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
 
-        let cg = CgroupGuard(self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?);
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup created");
-        let attach = cg.0.attach()?;
-        let (procs, cgroup_fd): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &attach {
-            Attach::Procs(fds) => (fds, None),
-            Attach::IntoCgroup(fd) => (&[], Some(fd.as_fd())),
-        };
-
         let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
             let (r, w) = pipe_with(PipeFlags::CLOEXEC)
                 .map_err(|e| SandboxError::io("creating a pipe", e))?;
@@ -366,7 +358,6 @@ impl Backend for NamespaceBackend {
             stdin: stdin_r.as_fd(),
             stdout: stdout_w.as_fd(),
             stderr: stderr_w.as_fd(),
-            cgroup_procs: procs,
             scratch: &self.scratch,
             tmpfs_opts: &tmpfs_opts,
             layers_dir: &layers_dir,
@@ -389,7 +380,7 @@ impl Backend for NamespaceBackend {
         };
         let ns = flags::NEWNS | flags::NEWPID | flags::NEWNET | flags::NEWIPC | flags::NEWUTS;
         let (pid, pidfd) =
-            child::spawn(&child_plan, ns, cgroup_fd).map_err(|e| SandboxError::Setup {
+            child::spawn(&child_plan, ns, None).map_err(|e| SandboxError::Setup {
                 stage: "creating the sandbox process (clone3)",
                 source: e,
             })?;
@@ -401,7 +392,17 @@ impl Backend for NamespaceBackend {
             us = t0.elapsed().as_micros() as u64,
             "sandbox process forked"
         );
-        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, attach));
+        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child));
+
+        // While the child mounts its file systems, make and join its cgroup: moving a
+        // process between cgroups waits for an RCU grace period, better spent in
+        // parallel. Init is in the cgroup before GO, so the program starts there.
+        let cg = CgroupGuard(self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?);
+        cg.0.add_process(pid)?;
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            "cgroup created and joined"
+        );
 
         // Wait for READY (or the child's death, with its reason on the error pipe).
         wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
