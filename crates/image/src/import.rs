@@ -69,17 +69,27 @@ struct Staging {
 
 impl Staging {
     fn new(tmp: &Path) -> Result<Staging> {
-        let path = tmp.join(fsutil::unique_name("import"));
-        rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700))
-            .map_err(|e| ImageError::io("creating", &path, e.into()))?;
-        let fd = fsutil::open_dir(&path).map_err(|e| ImageError::io("opening", &path, e))?;
-        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| ImageError::io("locking", &path, e.into()))?;
-        for sub in ["blobs", "layers"] {
-            let p = path.join(sub);
-            std::fs::create_dir(&p).map_err(|e| ImageError::io("creating", &p, e))?;
+        // Another process's Store::open may flock a directory in the instant
+        // between our mkdir and flock (taking it for a crashed import's): then
+        // the directory is not ours any more, so use a fresh name.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let path = tmp.join(fsutil::unique_name("import"));
+            rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700))
+                .map_err(|e| ImageError::io("creating", &path, e.into()))?;
+            let fd = fsutil::open_dir(&path).map_err(|e| ImageError::io("opening", &path, e))?;
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) if attempts < 5 => continue,
+                Err(e) => return Err(ImageError::io("locking", &path, e.into())),
+            }
+            for sub in ["blobs", "layers"] {
+                let p = path.join(sub);
+                std::fs::create_dir(&p).map_err(|e| ImageError::io("creating", &p, e))?;
+            }
+            return Ok(Staging { path, _lock: fd });
         }
-        Ok(Staging { path, _lock: fd })
     }
 
     fn blobs(&self) -> PathBuf {

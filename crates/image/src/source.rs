@@ -18,7 +18,7 @@ use rustix::fs::{fstat, openat2, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::error::{ImageError, Result};
-use crate::fsutil::{self, RESOLVE_STRICT};
+use crate::fsutil;
 use crate::limits::ImportLimits;
 
 /// How to resolve a file name inside a source directory.
@@ -178,11 +178,14 @@ impl Source {
         };
         match &self.kind {
             Kind::Dir(dirfd) => {
+                // Mount points inside a layout are allowed (unlike in a layer).
                 let resolve = match links {
-                    Links::Refuse => RESOLVE_STRICT,
-                    Links::Beneath => {
-                        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
+                    Links::Refuse => {
+                        ResolveFlags::BENEATH
+                            | ResolveFlags::NO_SYMLINKS
+                            | ResolveFlags::NO_MAGICLINKS
                     }
+                    Links::Beneath => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
                 };
                 // Look first with O_PATH, so a FIFO or device planted in the layout
                 // is never opened for reading.
