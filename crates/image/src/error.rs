@@ -181,6 +181,12 @@ pub enum ImageError {
     ArchiveTooLarge { path: PathBuf, limit: u64 },
     #[error("the archive {path} has more than {limit} entries")]
     ArchiveTooManyEntries { path: PathBuf, limit: u64 },
+    #[error("the archive {path} has a tar extension header (long name or pax) of {size} bytes, more than the limit of {limit}")]
+    ArchiveHeaderTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("the archive {path} is not a valid tar file: {source}")]
     ArchiveFormat {
         path: PathBuf,
@@ -234,6 +240,7 @@ impl ImageError {
             | LayerFormat { .. }
             | ArchiveTooLarge { .. }
             | ArchiveTooManyEntries { .. }
+            | ArchiveHeaderTooLarge { .. }
             | ArchiveFormat { .. } => ErrorCode::ImageInvalid,
             // Writing into our own staging directory failed: a host problem
             // (disk full, ...), unless the layer was refused, which has its own variant.

@@ -366,6 +366,65 @@ fn resolve_link(from: &str, target: &[u8]) -> Option<String> {
     }
 }
 
+/// Walks the archive's headers with pread before the tar crate sees it: the tar
+/// crate reads extension headers (GNU long names, pax records) whole into memory,
+/// so their size is checked first, and entries are counted.
+fn prescan_archive(file: &File, path: &Path, limits: &ImportLimits) -> Result<()> {
+    let fmt_err = |e: io::Error| ImageError::ArchiveFormat {
+        path: path.to_owned(),
+        source: e,
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| ImageError::io("reading", path, e))?
+        .len();
+    let mut pos = 0u64;
+    let mut entries = 0u64;
+    let mut pending_size = None;
+    let mut header = [0u8; 512];
+    while pos + 512 <= len {
+        file.read_exact_at(&mut header, pos).map_err(fmt_err)?;
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        let h = tar::Header::from_byte_slice(&header);
+        let size = h.entry_size().map_err(fmt_err)?;
+        let ty = header[156];
+        let size = if matches!(ty, b'L' | b'K' | b'x' | b'g') {
+            if size > limits.max_tar_header_bytes {
+                return Err(ImageError::ArchiveHeaderTooLarge {
+                    path: path.to_owned(),
+                    size,
+                    limit: limits.max_tar_header_bytes,
+                });
+            }
+            if ty == b'x' {
+                let mut pax = vec![0u8; size as usize];
+                file.read_exact_at(&mut pax, pos + 512).map_err(fmt_err)?;
+                for ext in tar::PaxExtensions::new(&pax).flatten() {
+                    if ext.key_bytes() == b"size" {
+                        pending_size = ext.value().ok().and_then(|v| v.parse::<u64>().ok());
+                    }
+                }
+            }
+            size
+        } else {
+            entries += 1;
+            if entries > limits.max_archive_entries {
+                return Err(ImageError::ArchiveTooManyEntries {
+                    path: path.to_owned(),
+                    limit: limits.max_archive_entries,
+                });
+            }
+            pending_size.take().unwrap_or(size)
+        };
+        pos = pos
+            .saturating_add(512)
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
+    }
+    Ok(())
+}
+
 fn index_archive(
     file: &File,
     path: &Path,
@@ -375,6 +434,7 @@ fn index_archive(
         path: path.to_owned(),
         source: e,
     };
+    prescan_archive(file, path, limits)?;
     let mut reader = file;
     reader
         .seek(io::SeekFrom::Start(0))

@@ -216,3 +216,20 @@ fn archive_entry_cap() {
     );
     f.assert_unchanged(&before);
 }
+
+#[test]
+fn oversized_header_in_an_archive_input_is_refused() {
+    let f = Fixture::new();
+    let mut t = TarBuilder::new();
+    t.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    t.lying_entry("././@LongLink", kind::GNU_LONGNAME, 2048 * MIB, b"");
+    let p = f.input("evil.tar");
+    std::fs::write(&p, t.finish()).unwrap();
+    let before = f.snapshot();
+    let err = f.import(&p).unwrap_err();
+    assert!(
+        matches!(err, ImageError::ArchiveHeaderTooLarge { size, .. } if size == 2048 * MIB),
+        "{err:?}"
+    );
+    f.assert_unchanged(&before);
+}
