@@ -45,6 +45,10 @@ fn main() {
     let mb = args.first().copied().unwrap_or(200);
     let files = args.get(1).copied().unwrap_or(20_000);
     let layers = args.get(2).copied().unwrap_or(4);
+    if let Some(dir) = std::env::var_os("BUILD_ONLY") {
+        build(Path::new(&dir), mb, files, layers);
+        return;
+    }
     let tmp =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
             .expect("tempdir");
@@ -52,12 +56,44 @@ fn main() {
     let bb = runbox_testkit::oci::busybox_image(&tmp.path().join("in"));
     import(&tmp.path().join("store-bb"), &bb, "busybox");
 
-    // Synthetic: pseudo-random (barely compressible) content, like binaries.
-    let per_file = (mb * 1_000_000 / files) as usize;
+    // The synthetic layout is built by a child process, so this process's peak
+    // memory (printed at the end) is the import's alone.
     let layout = tmp.path().join("in/synthetic");
-    let mut w = LayoutWriter::create(&layout).expect("layout");
-    let mut state = 0x9e3779b97f4a7c15u64;
     let t = Instant::now();
+    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([mb.to_string(), files.to_string(), layers.to_string()])
+        .env("BUILD_ONLY", &layout)
+        .status()
+        .expect("building");
+    assert!(status.success());
+    println!(
+        "built synthetic layout ({mb} MB, {files} files, {layers} layers) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    import(&tmp.path().join("store-syn"), &layout, "synthetic");
+    let archive = tmp.path().join("in/synthetic.tar");
+    runbox_image::writer::write_oci_archive(&layout, &archive, false).expect("archive");
+    import(
+        &tmp.path().join("store-syn-tar"),
+        &archive,
+        "synthetic (OCI archive)",
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
+    println!(
+        "peak memory of the importing process: {}",
+        hwm.trim_start_matches("VmHWM:").trim()
+    );
+}
+
+/// Writes a synthetic layout: pseudo-random (half compressible) file content.
+fn build(layout: &Path, mb: u64, files: u64, layers: u64) {
+    let per_file = (mb * 1_000_000 / files) as usize;
+    let mut w = LayoutWriter::create(layout).expect("layout");
+    let mut state = 0x9e3779b97f4a7c15u64;
     for l in 0..layers {
         let mut tree = Tree::new();
         let n = files / layers;
@@ -72,7 +108,6 @@ fn main() {
                 let b = state.to_le_bytes();
                 chunk.copy_from_slice(&b[..chunk.len()]);
             }
-            // Make half of each file compressible, as real files are.
             let half = buf.len() / 2;
             buf[..half].fill(b'a');
             tree.file(&format!("{dir}/f{i}"), 0o644, buf);
@@ -81,16 +116,4 @@ fn main() {
             .expect("layer");
     }
     w.finish(&ImageSpec::default()).expect("finish");
-    println!(
-        "built synthetic layout ({mb} MB, {files} files, {layers} layers) in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    import(&tmp.path().join("store-syn"), &layout, "synthetic");
-    let archive = tmp.path().join("in/synthetic.tar");
-    runbox_image::writer::write_oci_archive(&layout, &archive, false).expect("archive");
-    import(
-        &tmp.path().join("store-syn-tar"),
-        &archive,
-        "synthetic (OCI archive)",
-    );
 }
