@@ -1,13 +1,20 @@
 //! One-shot start-to-exit of `/bin/true` from a busybox root, side by side in one
 //! run: bare exec, `bwrap --unshare-all`, `runc run`, and `runbox run` with all its
-//! isolation and limits on. Prints medians and ratios; writes hyperfine's JSON.
+//! isolation and limits on.
 //!
-//! Usage: `benches/run startup [RUNS]` (builds runbox in release first).
+//! The contenders are interleaved: each round runs every command once, in a
+//! shuffled order, so background kernel work (network namespaces are torn down
+//! asynchronously, after the process that used them is gone) and machine noise land
+//! on all of them alike instead of on whichever batch ran last. Reports medians,
+//! percentiles and ratios, and writes them as JSON to benches/results/startup.json.
+//!
+//! Usage: `benches/run startup [ROUNDS]` (builds runbox in release first).
 
 #![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -28,7 +35,7 @@ fn need(tool: &str) -> Result<()> {
     {
         Ok(())
     } else {
-        bail!("{tool} is not installed (apt-get install hyperfine bubblewrap runc busybox-static)")
+        bail!("{tool} is not installed (apt-get install bubblewrap runc busybox-static)")
     }
 }
 
@@ -55,19 +62,68 @@ fn runc_bundle(dir: &Path) -> Result<PathBuf> {
     Ok(bundle)
 }
 
+struct Contender {
+    name: &'static str,
+    argv: Vec<String>,
+    ms: Vec<f64>,
+}
+
+impl Contender {
+    fn new(name: &'static str, cmdline: String) -> Contender {
+        Contender {
+            name,
+            argv: cmdline.split_whitespace().map(str::to_owned).collect(),
+            ms: Vec::new(),
+        }
+    }
+
+    /// Spawns, waits, returns the wall time in ms; fails on a non-zero exit.
+    fn once(&self) -> Result<f64> {
+        let t = Instant::now();
+        let status = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if !status.success() {
+            bail!("{} exited with {status}", self.name);
+        }
+        Ok(ms)
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// A small xorshift for shuffling the order within a round (no dependency needed).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 fn main() -> Result<()> {
-    let runs: u32 = std::env::args()
+    let rounds: usize = std::env::args()
         .nth(1)
         .map(|r| r.parse())
         .transpose()?
         .unwrap_or(300);
-    for t in ["hyperfine", "bwrap", "runc"] {
+    for t in ["bwrap", "runc"] {
         need(t)?;
     }
     let runbox = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/runbox");
     if !runbox.exists() {
         bail!(
-            "{} is missing: run `cargo build --release -p runbox-cli` (benches/run does)",
+            "{} is missing: run scripts/build (benches/run does)",
             runbox.display()
         );
     }
@@ -82,46 +138,61 @@ fn main() -> Result<()> {
         .env("RUNBOX_DATA_DIR", &data))?;
 
     let r = root.display();
-    let cmds = [
-        ("bare exec", format!("{r}/bin/true")),
-        ("bwrap --unshare-all", format!("bwrap --unshare-all --die-with-parent --ro-bind {r} / --proc /proc --dev /dev /bin/true")),
-        ("runc run", format!("runc run --bundle {} bench-{}", bundle.display(), std::process::id())),
-        ("runbox run", format!("{} --data-dir {} run --no-stdin busybox -- /bin/true", runbox.display(), data.display())),
+    let mut all = vec![
+        Contender::new("bare exec", format!("{r}/bin/true")),
+        Contender::new(
+            "bwrap --unshare-all",
+            format!("bwrap --unshare-all --die-with-parent --ro-bind {r} / --proc /proc --dev /dev /bin/true"),
+        ),
+        Contender::new("runc run", format!("runc run --bundle {} bench-{}", bundle.display(), std::process::id())),
+        Contender::new(
+            "runbox run",
+            format!("{} --data-dir {} run --no-stdin busybox -- /bin/true", runbox.display(), data.display()),
+        ),
     ];
-    let export = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/startup.json");
-    std::fs::create_dir_all(export.parent().unwrap())?;
-    let mut hf = Command::new("hyperfine");
-    hf.args([
-        "-N",
-        "--warmup",
-        "30",
-        "--runs",
-        &runs.to_string(),
-        "--export-json",
-    ])
-    .arg(&export);
-    for (name, cmd) in &cmds {
-        hf.args(["-n", name, cmd]);
+    let warmup = (rounds / 10).clamp(5, 30);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    for round in 0..warmup + rounds {
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let ms = all[i].once()?;
+            if round >= warmup {
+                all[i].ms.push(ms);
+            }
+        }
     }
-    let status = hf.status()?;
-    if !status.success() {
-        bail!("hyperfine failed");
-    }
-    let res: serde_json::Value = serde_json::from_slice(&std::fs::read(&export)?)?;
-    let median = |i: usize| res["results"][i]["median"].as_f64().unwrap_or(f64::NAN) * 1000.0;
-    let (bare, bwrap) = (median(0), median(1));
+
+    let (bare, bwrap) = (all[0].pct(0.5), all[1].pct(0.5));
+    println!("startup of /bin/true, {rounds} interleaved rounds (ms)");
     println!(
-        "\n{:<22} {:>10} {:>10} {:>10}",
-        "startup of /bin/true", "median ms", "x bare", "x bwrap"
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "", "median", "p10", "p90", "mean", "x bare", "x bwrap"
     );
-    for (i, (name, _)) in cmds.iter().enumerate() {
-        let m = median(i);
+    let mut json = Vec::new();
+    for c in &all {
+        let (med, mean) = (c.pct(0.5), c.ms.iter().sum::<f64>() / c.ms.len() as f64);
         println!(
-            "{name:<22} {m:>10.2} {:>10.2} {:>10.2}",
-            m / bare,
-            m / bwrap
+            "{:<22} {med:>8.2} {:>8.2} {:>8.2} {mean:>8.2} {:>9.2} {:>9.2}",
+            c.name,
+            c.pct(0.1),
+            c.pct(0.9),
+            med / bare,
+            med / bwrap
         );
+        json.push(serde_json::json!({
+            "name": c.name, "command": c.argv.join(" "), "median_ms": med, "p10_ms": c.pct(0.1),
+            "p90_ms": c.pct(0.9), "mean_ms": mean, "ratio_to_bare": med / bare, "ratio_to_bwrap": med / bwrap,
+        }));
     }
-    println!("\n(hyperfine JSON: {})", export.display());
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/startup.json");
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&serde_json::json!({ "rounds": rounds, "results": json }))?,
+    )?;
+    println!("\n(JSON: {})", out.display());
     Ok(())
 }

@@ -94,6 +94,11 @@ fn init_logging(level: &str) {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
+    if matches!(cli.command, Command::Run(_)) {
+        // The job's network namespace is the slowest part of a sandbox to create:
+        // start it now, while the store is opened and the job planned.
+        runbox_sandbox::NetnsPool::global().make_ahead(1);
+    }
     let store = Store::open(&cli.data_dir, StoreOptions::default())?;
     match cli.command {
         Command::Run(args) => run::run(&cli.data_dir, &store, *args),

@@ -127,72 +127,92 @@ impl Store {
     /// staging left in `tmp/` by crashed imports.
     pub fn open(data_dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let root = data_dir.as_ref().to_owned();
-        std::fs::create_dir_all(&root).map_err(|e| ImageError::io("creating", &root, e))?;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| ImageError::io("setting the mode of", &root, e))?;
-        let blobs = root.join("blobs").join("sha256");
-        let layers = root.join("layers");
-        let tmp = root.join("tmp");
-        for d in [&blobs, &layers, &tmp] {
-            std::fs::create_dir_all(d).map_err(|e| ImageError::io("creating", d, e))?;
-        }
         if let Some(base) = options.id_base {
             if base.checked_add(IdMap::SIZE).is_none() {
                 return Err(ImageError::IdBaseOutOfRange(base));
             }
         }
         let mut store = Store {
+            blobs: root.join("blobs").join("sha256"),
+            layers: root.join("layers"),
+            tmp: root.join("tmp"),
             root,
-            blobs,
-            layers,
-            tmp,
             id_map: IdMap::default(),
             limits: options.limits,
         };
-        let _index = store.lock_index()?;
-        // Created up front so the first run or import changes nothing visible.
-        let store_lock = store.root.join("store.lock");
-        lock_file(&store_lock, LockMode::Shared, false)
-            .map_err(|e| ImageError::io("creating", &store_lock, e))?;
         let store_json = store.root.join("store.json");
+        // store.json is written last when a store is created: when it is there, the
+        // directories and lock files are too (every `runbox run` opens the store, so
+        // this path stays short).
         let base = match std::fs::read(&store_json) {
-            Ok(bytes) => {
-                let f: StoreFile =
-                    serde_json::from_slice(&bytes).map_err(|e| ImageError::StoreCorrupt {
-                        path: store_json.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if f.format_version != FORMAT_VERSION {
-                    return Err(ImageError::StoreCorrupt {
-                        path: store_json,
-                        reason: format!("unsupported format_version {}", f.format_version),
-                    });
-                }
-                if let Some(requested) = options.id_base {
-                    if requested != f.id_base {
-                        return Err(ImageError::IdBaseMismatch {
-                            path: store.root.clone(),
-                            store: f.id_base,
-                            requested,
-                        });
-                    }
-                }
-                f.id_base
-            }
+            Ok(bytes) => Self::check_store_file(&store, &store_json, &bytes, options.id_base)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let base = options.id_base.unwrap_or(IdMap::DEFAULT_BASE);
-                let f = StoreFile {
-                    format_version: FORMAT_VERSION,
-                    id_base: base,
-                };
-                store.write_json(&store_json, &f)?;
-                base
+                store.create(&store_json, options.id_base)?
             }
             Err(e) => return Err(ImageError::io("reading", &store_json, e)),
         };
         store.id_map = IdMap { base };
         store.clean_tmp()?;
         Ok(store)
+    }
+
+    /// Makes the directories, lock files and store.json of a new store (mode 0700).
+    fn create(&self, store_json: &Path, id_base: Option<u32>) -> Result<u32> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| ImageError::io("creating", &self.root, e))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ImageError::io("setting the mode of", &self.root, e))?;
+        for d in [&self.blobs, &self.layers, &self.tmp] {
+            std::fs::create_dir_all(d).map_err(|e| ImageError::io("creating", d, e))?;
+        }
+        let _index = self.lock_index()?;
+        // Created up front so the first run or import changes nothing visible.
+        let store_lock = self.root.join("store.lock");
+        lock_file(&store_lock, LockMode::Shared, false)
+            .map_err(|e| ImageError::io("creating", &store_lock, e))?;
+        // Another process may have created the store while we waited for the lock.
+        match std::fs::read(store_json) {
+            Ok(bytes) => Self::check_store_file(self, store_json, &bytes, id_base),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let base = id_base.unwrap_or(IdMap::DEFAULT_BASE);
+                let f = StoreFile {
+                    format_version: FORMAT_VERSION,
+                    id_base: base,
+                };
+                self.write_json(store_json, &f)?;
+                Ok(base)
+            }
+            Err(e) => Err(ImageError::io("reading", store_json, e)),
+        }
+    }
+
+    /// Parses store.json and checks it against the requested id base.
+    fn check_store_file(
+        &self,
+        store_json: &Path,
+        bytes: &[u8],
+        requested: Option<u32>,
+    ) -> Result<u32> {
+        let f: StoreFile = serde_json::from_slice(bytes).map_err(|e| ImageError::StoreCorrupt {
+            path: store_json.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if f.format_version != FORMAT_VERSION {
+            return Err(ImageError::StoreCorrupt {
+                path: store_json.to_owned(),
+                reason: format!("unsupported format_version {}", f.format_version),
+            });
+        }
+        if let Some(requested) = requested {
+            if requested != f.id_base {
+                return Err(ImageError::IdBaseMismatch {
+                    path: self.root.clone(),
+                    store: f.id_base,
+                    requested,
+                });
+            }
+        }
+        Ok(f.id_base)
     }
 
     /// The data directory.

@@ -16,6 +16,7 @@ use std::io;
 
 use runbox_core::{ErrorCode, JobResult};
 
+pub use namespace::netns::NetnsPool;
 pub use namespace::{NamespaceBackend, NamespaceConfig, SweepReport};
 pub use plan::{plan, ImageDefaults, JobPlan, PlanError, RunImage};
 

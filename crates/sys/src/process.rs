@@ -34,13 +34,14 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
 pub mod unshare_flags {
     pub const NEWUSER: i32 = libc::CLONE_NEWUSER;
     pub const NEWCGROUP: i32 = libc::CLONE_NEWCGROUP;
+    pub const NEWNET: i32 = libc::CLONE_NEWNET;
 }
 
 /// `unshare(2)` of namespaces only. (rustix marks its `unshare` unsafe because flags
 /// like CLONE_FILES change which descriptors other code may assume it owns; namespace
 /// flags do not.)
 pub fn unshare_namespaces(flags: i32) -> io::Result<()> {
-    let allowed = unshare_flags::NEWUSER | unshare_flags::NEWCGROUP;
+    let allowed = unshare_flags::NEWUSER | unshare_flags::NEWCGROUP | unshare_flags::NEWNET;
     if flags & !allowed != 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -137,7 +138,11 @@ pub struct ArgRegions {
 impl ArgRegions {
     /// Reads the regions from `/proc/self/stat` (fields 48-51).
     pub fn of_current_process() -> io::Result<ArgRegions> {
-        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        Self::from_stat(&std::fs::read_to_string("/proc/self/stat")?)
+    }
+
+    /// Parses the regions from the text of this process's `/proc/self/stat`.
+    pub fn from_stat(stat: &str) -> io::Result<ArgRegions> {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat");
         let after = stat
             .get(stat.rfind(')').ok_or_else(bad)? + 2..)
@@ -214,6 +219,31 @@ pub fn wait_any() -> io::Result<(i32, i32)> {
         Err(io::Error::last_os_error())
     } else {
         Ok((pid, status))
+    }
+}
+
+/// Installs a seccomp BPF filter on the calling thread (`SECCOMP_SET_MODE_FILTER`).
+/// Needs no_new_privs or CAP_SYS_ADMIN in the current user namespace.
+/// Async-signal-safe.
+pub fn install_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, alive for the call; the kernel copies it.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -8,7 +8,7 @@ use runbox_core::Limits;
 
 use super::{
     cfs_quota_us, keyed_value, kill_procs, mkdir_if_missing, read_text, read_u64, rmdir_if_present,
-    write_text, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, CFS_PERIOD_US,
+    write_text, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, JoinBy, CFS_PERIOD_US,
 };
 
 /// The v1 hierarchies runbox uses, each with runbox's parent directory under it.
@@ -108,24 +108,18 @@ impl Cgroups for CgroupsV1 {
     }
 
     fn list(&self) -> Result<Vec<String>, CgroupError> {
-        let mut names = Vec::new();
-        for parent in self.parents() {
-            let rd = match std::fs::read_dir(&parent) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(CgroupError::io(&parent, e)),
-            };
-            for entry in rd.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    if let Some(n) = entry.file_name().to_str() {
-                        if !names.iter().any(|x| x == n) {
-                            names.push(n.to_owned());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(names)
+        // Job cgroups are made memory-first and removed memory-last, so any leftover
+        // has its memory directory: one listing finds them all.
+        let rd = match std::fs::read_dir(&self.memory) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CgroupError::io(&self.memory, e)),
+        };
+        Ok(rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect())
     }
 
     fn open(&self, name: &str) -> Box<dyn JobCgroup> {
@@ -157,12 +151,17 @@ impl JobCgroupV1 {
 }
 
 impl JobCgroup for JobCgroupV1 {
-    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        let pid = pid.to_string();
+    fn join_by(&self) -> Result<JoinBy, CgroupError> {
+        let mut fds = Vec::new();
         for dir in self.dirs() {
-            write_text(&dir.join("cgroup.procs"), &pid)?;
+            let p = dir.join("tasks");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| CgroupError::io(&p, e))?;
+            fds.push(f.into());
         }
-        Ok(())
+        Ok(JoinBy::SelfMove(fds))
     }
 
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError> {
@@ -199,7 +198,8 @@ impl JobCgroup for JobCgroupV1 {
 
     fn remove(&self) -> Result<(), CgroupError> {
         let mut first_err = None;
-        for dir in self.dirs() {
+        // Memory last (see `list`).
+        for dir in self.dirs().into_iter().rev() {
             if let Err(e) = rmdir_if_present(dir) {
                 first_err.get_or_insert(e);
             }

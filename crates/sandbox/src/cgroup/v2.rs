@@ -8,7 +8,7 @@ use runbox_core::Limits;
 
 use super::{
     cfs_quota_us, keyed_value, kill_procs, mkdir_if_missing, read_text, read_u64, rmdir_if_present,
-    write_text, CgroupError, CgroupStats, Cgroups, JobCgroup, CFS_PERIOD_US,
+    write_text, CgroupError, CgroupStats, Cgroups, JobCgroup, JoinBy, CFS_PERIOD_US,
 };
 
 const CONTROLLERS: &str = "+memory +pids +cpu";
@@ -108,8 +108,9 @@ pub struct JobCgroupV2 {
 }
 
 impl JobCgroup for JobCgroupV2 {
-    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        write_text(&self.dir.join("cgroup.procs"), &pid.to_string())
+    fn join_by(&self) -> Result<JoinBy, CgroupError> {
+        let f = std::fs::File::open(&self.dir).map_err(|e| CgroupError::io(&self.dir, e))?;
+        Ok(JoinBy::CloneInto(f.into()))
     }
 
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError> {

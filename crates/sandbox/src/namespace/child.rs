@@ -12,7 +12,7 @@
 //! before the fork; failures are reported as a fixed-size [`ChildError`] on a pipe.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use runbox_sys::exec::ExecArgs;
 use runbox_sys::process::{exit_now, unshare_flags};
@@ -84,7 +84,7 @@ impl Stage {
         match self {
             Stage::DeathSignal => "setting the parent-death signal",
             Stage::JoinCgroup => "joining the job's cgroup",
-            Stage::Loopback => "bringing up the loopback interface",
+            Stage::Loopback => "entering the network namespace",
             Stage::MountPrivate => "making mounts private",
             Stage::MountTmpfs => "mounting the writable tmpfs",
             Stage::PrepareUpper => "preparing the writable layer (/dev, /etc/hosts)",
@@ -134,6 +134,80 @@ impl ChildError {
     }
 }
 
+/// The byte the parent sends with the job's network namespace (SCM_RIGHTS).
+pub(crate) const NETNS: u8 = b'N';
+/// Monotonic timestamps (ns) the child takes at each step of its set-up, sent to the
+/// parent with READY so slow hosts can be diagnosed (`--log debug`).
+pub(crate) struct Marks {
+    pub t: [u64; Marks::N],
+    n: usize,
+}
+
+impl Marks {
+    pub(crate) const N: usize = 12;
+    pub(crate) const NAMES: [&'static str; Marks::N] = [
+        "start",
+        "cgroup",
+        "private",
+        "tmpfs",
+        "upper",
+        "overlay",
+        "proc",
+        "pivot",
+        "limits",
+        "netns received",
+        "netns entered",
+        "userns",
+    ];
+    pub(crate) const SIZE: usize = 1 + 8 * Marks::N;
+
+    fn new() -> Marks {
+        let mut m = Marks {
+            t: [0; Marks::N],
+            n: 0,
+        };
+        m.mark();
+        m
+    }
+
+    fn mark(&mut self) {
+        if self.n < Marks::N {
+            self.t[self.n] = now_ns();
+            self.n += 1;
+        }
+    }
+
+    fn to_bytes(&self) -> [u8; Marks::SIZE] {
+        let mut b = [0u8; Marks::SIZE];
+        b[0] = READY;
+        for (i, t) in self.t.iter().enumerate() {
+            b[1 + 8 * i..9 + 8 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        b
+    }
+
+    /// Parses READY with its marks.
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<Marks> {
+        if b.len() != Marks::SIZE || b[0] != READY {
+            return None;
+        }
+        let mut m = Marks {
+            t: [0; Marks::N],
+            n: Marks::N,
+        };
+        for (i, t) in m.t.iter_mut().enumerate() {
+            *t = u64::from_le_bytes(b[1 + 8 * i..9 + 8 * i].try_into().ok()?);
+        }
+        Some(m)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the vDSO; no allocation).
+pub(crate) fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// The byte the child sends when it is ready for its id maps.
 pub(crate) const READY: u8 = b'R';
 /// The byte the parent sends once the maps are written and the inputs placed.
@@ -148,6 +222,9 @@ pub(crate) struct ChildPlan<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// cgroup v1: the job cgroup's `tasks` files, to move ourselves into (empty on v2,
+    /// where the clone starts inside).
+    pub cgroup_tasks: &'a [OwnedFd],
     /// Mount point for the tmpfs (an empty host directory; the mount is only ever
     /// visible in the sandbox's private mount namespace).
     pub scratch: &'a CStr,
@@ -172,7 +249,7 @@ pub(crate) struct ChildPlan<'a> {
     pub exec: &'a ExecArgs,
     /// Paths to try for argv[0], in PATH order.
     pub candidates: &'a [CString],
-    pub seccomp: &'a [seccompiler::sock_filter],
+    pub seccomp: &'a [libc::sock_filter],
     pub cap_last: u32,
     /// runbox's own argv/environment memory, wiped in the child.
     pub arg_regions: &'a runbox_sys::process::ArgRegions,
@@ -232,15 +309,18 @@ fn fail(plan: &ChildPlan<'_>, err: ChildError) -> ! {
 
 fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     use rustix::process::Signal;
+    let mut marks = Marks::new();
     // If runbox dies, so does the sandbox (pid 1's death takes the namespace with it).
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Stage::DeathSignal))?;
     rustix::process::umask(Mode::empty());
+    for fd in p.cgroup_tasks {
+        rustix::io::write(fd, b"0").map_err(at(Stage::JoinCgroup))?;
+    }
+    marks.mark();
     // This process becomes the sandbox's pid 1, whose command line anyone inside can
     // read: it must not show runbox's own arguments (or environment).
     p.arg_regions.scrub();
-
-    runbox_sys::net::loopback_up().map_err(io_at(Stage::Loopback))?;
 
     // Nothing mounted from here on may propagate back to the host.
     rustix::mount::mount_change(
@@ -248,6 +328,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )
     .map_err(at(Stage::MountPrivate))?;
+    marks.mark();
     rustix::mount::mount(
         c"tmpfs",
         p.scratch,
@@ -256,7 +337,9 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         Some(p.tmpfs_opts),
     )
     .map_err(at(Stage::MountTmpfs))?;
+    marks.mark();
     prepare_upper(p)?;
+    marks.mark();
 
     // lowerdir names are relative to the layer store, which keeps the option short.
     rustix::process::chdir(p.layers_dir).map_err(at(Stage::MountOverlay))?;
@@ -268,6 +351,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         Some(p.overlay_opts),
     )
     .map_err(at(Stage::MountOverlay))?;
+    marks.mark();
     rustix::mount::mount(
         c"proc",
         p.proc_dir,
@@ -276,6 +360,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         None,
     )
     .map_err(at(Stage::MountProc))?;
+    marks.mark();
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves the
     // overlay as the only tree this namespace can reach.
@@ -283,6 +368,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     rustix::process::pivot_root(c".", c".").map_err(at(Stage::PivotRoot))?;
     rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(at(Stage::PivotRoot))?;
     rustix::process::chdir(c"/").map_err(at(Stage::PivotRoot))?;
+    marks.mark();
 
     rustix::system::sethostname(p.hostname.to_bytes()).map_err(at(Stage::Hostname))?;
     // Limits are set while still real root: raising a hard limit above runbox's own
@@ -297,13 +383,40 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         )
         .map_err(at(Stage::Rlimit))?;
     }
+    marks.mark();
+    // The network namespace was made (loopback up) by a thread of the parent while we
+    // mounted: creating one is the slowest namespace, so it runs in parallel.
+    let netns = receive_netns(p.sync)?;
+    marks.mark();
+    rustix::thread::move_into_link_name_space(
+        netns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(at(Stage::Loopback))?;
+    drop(netns);
+    marks.mark();
     // From here, root inside is an unprivileged id outside. The mount, network, uts
     // and ipc namespaces stay owned by the initial user namespace, so no capability
     // gained in the new one reaches them.
     runbox_sys::process::unshare_namespaces(unshare_flags::NEWUSER)
         .map_err(io_at(Stage::Unshare))?;
+    marks.mark();
 
-    rustix::io::write(p.sync, &[READY]).map_err(at(Stage::WaitForParent))?;
+    rustix::io::write(p.sync, &marks.to_bytes()).map_err(at(Stage::WaitForParent))?;
+    // While the parent places the inputs: nothing exec'd from here may regain a
+    // capability (even as root), and no signal stays ignored or blocked (only
+    // ignored ones survive exec; Rust ignores SIGPIPE). The program inherits both.
+    runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
+    runbox_sys::process::reset_signals().map_err(io_at(Stage::Signals))?;
+    // We are in the job's cgroup (joined first thing): this makes it the root of what
+    // the program sees in /proc/self/cgroup.
+    runbox_sys::process::unshare_namespaces(unshare_flags::NEWCGROUP)
+        .map_err(io_at(Stage::Unshare))?;
+    // Installing a filter costs ~0.25 ms here (the kernel compiles it), so it is done
+    // now, in parallel with the parent's work, and inherited by the program. Init
+    // itself only waits, writes and exits after this, which the filter allows.
+    rustix::thread::set_no_new_privs(true).map_err(at(Stage::NoNewPrivs))?;
+    runbox_sys::process::install_seccomp(p.seccomp).map_err(io_at(Stage::Seccomp))?;
     let mut buf = [0u8; 1];
     let n = rustix::io::read(p.sync, &mut buf).map_err(at(Stage::WaitForParent))?;
     if n != 1 || buf[0] != GO {
@@ -339,11 +452,7 @@ fn spawn_program(p: &ChildPlan<'_>) -> Step<i32> {
 /// The program's process: drops every privilege and execs.
 fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     use rustix::process::Signal;
-    // The parent put init in the job's cgroup before GO; this makes it the root of
-    // what the program sees in /proc/self/cgroup and /sys/fs/cgroup.
-    runbox_sys::process::unshare_namespaces(unshare_flags::NEWCGROUP)
-        .map_err(io_at(Stage::Unshare))?;
-    runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
+    // Everything below is allowed by the seccomp filter init installed before GO.
     rustix::thread::set_thread_groups(p.groups).map_err(at(Stage::SetIds))?;
     let gid = rustix::process::Gid::from_raw(p.gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(at(Stage::SetIds))?;
@@ -371,23 +480,11 @@ fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     rustix::process::fchdir(&wd).map_err(at(Stage::Workdir))?;
     rustix::process::umask(Mode::from_raw_mode(0o022));
 
-    runbox_sys::process::reset_signals().map_err(io_at(Stage::Signals))?;
     dup_onto(p.stdin, 0)?;
     dup_onto(p.stdout, 1)?;
     dup_onto(p.stderr, 2)?;
     // Everything else (the error pipe included) closes on exec.
     runbox_sys::process::cloexec_from(3).map_err(io_at(Stage::Stdio))?;
-
-    rustix::thread::set_no_new_privs(true).map_err(at(Stage::NoNewPrivs))?;
-    seccompiler::apply_filter(p.seccomp).map_err(|e| ChildError {
-        stage: Stage::Seccomp,
-        errno: match e {
-            seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => {
-                io.raw_os_error().unwrap_or(libc::EIO)
-            }
-            _ => libc::EINVAL,
-        },
-    })?;
 
     // Like execvp: the first candidate that exists wins; EACCES is remembered in case
     // nothing else is found (126 rather than 127).
@@ -435,7 +532,6 @@ fn init(p: &ChildPlan<'_>, program: i32) -> ! {
     let _ = runbox_sys::process::close_all_except(p.sync.as_raw_fd());
     let _ = rustix::thread::set_name(c"init");
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
-    let _ = runbox_sys::process::drop_bounding_set(p.cap_last);
     let _ = drop_capabilities();
     loop {
         match runbox_sys::process::wait_any() {
@@ -451,6 +547,37 @@ fn init(p: &ChildPlan<'_>, program: i32) -> ! {
             Err(_) => exit_now(0),
         }
     }
+}
+
+/// Receives the network namespace descriptor the parent sends (SCM_RIGHTS), into a
+/// buffer on the stack.
+fn receive_netns(sync: BorrowedFd<'_>) -> Step<OwnedFd> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        sync,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut cmsg,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(at(Stage::Loopback))?;
+    if got.bytes != 1 || byte[0] != NETNS {
+        // EOF: the parent gave up (or died); leave quietly.
+        exit_now(125);
+    }
+    for msg in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(ChildError {
+        stage: Stage::Loopback,
+        errno: libc::EBADMSG,
+    })
 }
 
 /// Creates, on the fresh tmpfs: `upper/` (owned by root inside) with /dev, /proc,

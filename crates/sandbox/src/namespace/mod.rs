@@ -23,11 +23,12 @@
 
 mod child;
 mod files;
+pub mod netns;
 mod supervise;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,10 @@ use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{pidfd_send_signal, waitid, Resource, Signal, WaitId, WaitIdOptions};
 
-use self::child::{ChildError, ChildPlan, Stage, GO, READY};
+use self::child::{ChildError, ChildPlan, Marks, Stage, GO};
 use self::files::SandboxRoot;
 use self::supervise::{decide, Exit, Pipes};
-use crate::cgroup::{self, Cgroups, JobCgroup};
+use crate::cgroup::{self, Cgroups, JobCgroup, JoinBy};
 use crate::plan::JobPlan;
 use crate::{user, Backend, JobEvents, SandboxError};
 
@@ -83,7 +84,7 @@ pub struct SweepReport {
 pub struct NamespaceBackend {
     cfg: NamespaceConfig,
     cgroups: Box<dyn Cgroups>,
-    seccomp: seccompiler::BpfProgram,
+    seccomp: Vec<libc::sock_filter>,
     scratch: CString,
     root: CString,
     proc_dir: CString,
@@ -109,19 +110,27 @@ impl NamespaceBackend {
         }
         let mnt = cfg.state_dir.join("mnt");
         let empty = cfg.state_dir.join("empty");
-        for d in [&cfg.state_dir, &mnt, &empty] {
+        let ready = std::fs::metadata(&mnt).is_ok() && std::fs::metadata(&empty).is_ok();
+        for d in [&cfg.state_dir, &mnt, &empty]
+            .into_iter()
+            .filter(|_| !ready)
+        {
             std::fs::create_dir_all(d)
                 .map_err(|e| SandboxError::io(format!("creating {}", d.display()), e))?;
         }
-        std::fs::set_permissions(
-            &cfg.state_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .map_err(|e| SandboxError::io(format!("chmod {}", cfg.state_dir.display()), e))?;
+        if !ready {
+            std::fs::set_permissions(
+                &cfg.state_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .map_err(|e| SandboxError::io(format!("chmod {}", cfg.state_dir.display()), e))?;
+        }
         let cstr = |p: &Path| {
             CString::new(p.as_os_str().as_encoded_bytes())
                 .map_err(|e| SandboxError::io("state dir path", io::Error::other(e)))
         };
+        let own_stat = std::fs::read_to_string("/proc/self/stat")
+            .map_err(|e| SandboxError::io("reading /proc/self/stat", e))?;
         let cgroups = cgroup::detect(&cfg.cgroup_parent)?;
         let seccomp = crate::seccomp::sandbox_filter()
             .map_err(|e| SandboxError::io("seccomp", io::Error::other(e)))?;
@@ -137,11 +146,16 @@ impl NamespaceBackend {
             cgroups,
             seccomp,
             cap_last,
-            arg_regions: runbox_sys::process::ArgRegions::of_current_process()
-                .map_err(|e| SandboxError::io("reading /proc/self/stat", e))?,
-            instance: instance_tag(std::process::id() as i32).ok_or_else(|| {
-                SandboxError::io("reading /proc/self/stat", io::Error::other("unparsable"))
-            })?,
+            arg_regions: runbox_sys::process::ArgRegions::from_stat(&own_stat)
+                .map_err(|e| SandboxError::io("parsing /proc/self/stat", e))?,
+            instance: start_time(&own_stat)
+                .map(|start| format!("{}.{start}", std::process::id()))
+                .ok_or_else(|| {
+                    SandboxError::io(
+                        "parsing /proc/self/stat",
+                        io::Error::other("unexpected format"),
+                    )
+                })?,
             cfg,
         };
         let report = backend.sweep()?;
@@ -181,10 +195,14 @@ impl NamespaceBackend {
 /// `<pid>.<start time in clock ticks>` for a live process.
 fn instance_tag(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(format!("{pid}.{}", start_time(&stat)?))
+}
+
+/// The start time (field 22) of a `/proc/<pid>/stat` text.
+fn start_time(stat: &str) -> Option<&str> {
     // Fields after the command name, which may itself contain spaces and parens.
-    let after = &stat[stat.rfind(')')? + 2..];
-    let start = after.split_whitespace().nth(19)?;
-    Some(format!("{pid}.{start}"))
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(19)
 }
 
 /// Parses `<pid>.<start>.<job>` cgroup names.
@@ -197,13 +215,31 @@ fn parse_owner(name: &str) -> Option<(i32, u64)> {
 }
 
 /// Kills and removes a job's cgroup when dropped, whatever happened before.
-struct CgroupGuard(Box<dyn JobCgroup>);
+struct CgroupGuard(Option<Box<dyn JobCgroup>>);
+
+impl CgroupGuard {
+    fn get(&self) -> &dyn JobCgroup {
+        self.0.as_deref().expect("present until removed")
+    }
+
+    /// Removes the cgroup of a job whose sandbox has ended (its pid namespace is
+    /// gone, so nothing is left to kill).
+    fn remove_empty(mut self) {
+        if let Some(cg) = self.0.take() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "removing a job cgroup failed; the next start sweeps it");
+            }
+        }
+    }
+}
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill_all();
-        if let Err(e) = self.0.remove() {
-            tracing::warn!(error = %e, "removing a job cgroup failed; the next start sweeps it");
+        if let Some(cg) = self.0.take() {
+            let _ = cg.kill_all();
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "removing a job cgroup failed; the next start sweeps it");
+            }
         }
     }
 }
@@ -249,6 +285,10 @@ impl Backend for NamespaceBackend {
 
     fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError> {
         let t0 = Instant::now();
+        let t0_ns = child::now_ns();
+        // First: the network namespace (the slowest namespace to create) is taken
+        // ready-made or starts being made while this thread prepares the job.
+        let netns_ticket = netns::NetnsPool::global().take();
         let span = tracing::debug_span!("job", job_id = %plan.job_id);
         let _enter = span.enter();
         let img = &plan.image;
@@ -352,12 +392,23 @@ impl Backend for NamespaceBackend {
         )
         .map_err(|e| SandboxError::io("creating a socket pair", e))?;
 
+        // The child joins its cgroup without waiting (see `JoinBy`).
+        let cg = CgroupGuard(Some(
+            self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?,
+        ));
+        let join = cg.get().join_by()?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup created");
+        let (cgroup_tasks, clone_into): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &join {
+            JoinBy::SelfMove(fds) => (fds, None),
+            JoinBy::CloneInto(dir) => (&[], Some(dir.as_fd())),
+        };
         let child_plan = ChildPlan {
             sync: sync_child.as_fd(),
             err: err_w.as_fd(),
             stdin: stdin_r.as_fd(),
             stdout: stdout_w.as_fd(),
             stderr: stderr_w.as_fd(),
+            cgroup_tasks,
             scratch: &self.scratch,
             tmpfs_opts: &tmpfs_opts,
             layers_dir: &layers_dir,
@@ -378,9 +429,10 @@ impl Backend for NamespaceBackend {
             cap_last: self.cap_last,
             arg_regions: &self.arg_regions,
         };
-        let ns = flags::NEWNS | flags::NEWPID | flags::NEWNET | flags::NEWIPC | flags::NEWUTS;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "child plan ready");
+        let ns = flags::NEWNS | flags::NEWPID | flags::NEWIPC | flags::NEWUTS;
         let (pid, pidfd) =
-            child::spawn(&child_plan, ns, None).map_err(|e| SandboxError::Setup {
+            child::spawn(&child_plan, ns, clone_into).map_err(|e| SandboxError::Setup {
                 stage: "creating the sandbox process (clone3)",
                 source: e,
             })?;
@@ -392,22 +444,25 @@ impl Backend for NamespaceBackend {
             us = t0.elapsed().as_micros() as u64,
             "sandbox process forked"
         );
-        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child));
+        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, join));
 
-        // While the child mounts its file systems, make and join its cgroup: moving a
-        // process between cgroups waits for an RCU grace period, better spent in
-        // parallel. Init is in the cgroup before GO, so the program starts there.
-        let cg = CgroupGuard(self.cgroups.create(&self.cgroup_name(&plan.job_id), l)?);
-        cg.0.add_process(pid)?;
-        tracing::debug!(
-            us = t0.elapsed().as_micros() as u64,
-            "cgroup created and joined"
-        );
-
+        let netns = netns_ticket.wait().map_err(|e| SandboxError::Setup {
+            stage: "creating the network namespace",
+            source: e,
+        })?;
+        send_netns(&sync_parent, &netns)?;
+        drop(netns);
         // Wait for READY (or the child's death, with its reason on the error pipe).
-        wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
+        let marks = wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox mounted");
-
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let steps: Vec<String> = Marks::NAMES
+                .iter()
+                .zip(marks.t)
+                .map(|(n, t)| format!("{n}={}", t.saturating_sub(t0_ns) / 1000))
+                .collect();
+            tracing::debug!(steps = %steps.join(" "), "sandbox set-up steps (us since job start)");
+        }
         let root = SandboxRoot::of_process(pid).map_err(|e| SandboxError::Setup {
             stage: "opening the sandbox root",
             source: e,
@@ -433,7 +488,12 @@ impl Backend for NamespaceBackend {
                 }
             })?;
         }
-        rustix::io::write(&sync_parent, &[GO]).map_err(setup_err("starting the program"))?;
+        if let Err(e) = rustix::io::write(&sync_parent, &[GO]) {
+            // The child died after READY: its error pipe says why.
+            return Err(
+                child_failure(&err_r).unwrap_or_else(|| setup_err("starting the program")(e))
+            );
+        }
         let go = Instant::now();
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
@@ -451,7 +511,7 @@ impl Backend for NamespaceBackend {
             },
             &plan.stdin,
             l,
-            cg.0.as_ref(),
+            cg.get(),
             events,
             go,
         )?;
@@ -476,7 +536,7 @@ impl Backend for NamespaceBackend {
             });
         }
 
-        let stats = cg.0.stats()?;
+        let stats = cg.get().stats()?;
         let mut budget = l.output_files_bytes;
         let mut outputs = Vec::new();
         for o in &plan.outputs {
@@ -484,7 +544,7 @@ impl Backend for NamespaceBackend {
         }
         // The last reference to the sandbox's overlay and tmpfs: closing it frees them.
         drop(root);
-        drop(cg);
+        cg.remove_empty();
         tracing::debug!(
             us = t0.elapsed().as_micros() as u64,
             "outputs collected, cgroup removed"
@@ -544,13 +604,44 @@ impl Backend for NamespaceBackend {
     }
 }
 
-/// Waits until the child reports READY. If it dies first, its error pipe says why.
+/// Passes the network namespace to the child (SCM_RIGHTS on the sync socket).
+fn send_netns(sync: &OwnedFd, netns: &OwnedFd) -> Result<(), SandboxError> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [netns.as_fd()];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+    sendmsg(
+        sync,
+        &[std::io::IoSlice::new(&[child::NETNS])],
+        &mut cmsg,
+        SendFlags::empty(),
+    )
+    .map_err(setup_err("passing the network namespace"))?;
+    Ok(())
+}
+
+/// The error the child reported on its error pipe, if any.
+fn child_failure(err: &OwnedFd) -> Option<SandboxError> {
+    let mut buf = [0u8; ChildError::SIZE];
+    let n = rustix::io::read(err, &mut buf).ok()?;
+    let ce = (n == ChildError::SIZE)
+        .then(|| ChildError::from_bytes(&buf))
+        .flatten()?;
+    Some(SandboxError::Setup {
+        stage: ce.stage.describe(),
+        source: io::Error::from_raw_os_error(ce.errno),
+    })
+}
+
+/// Waits until the child reports READY (with its set-up timestamps). If it dies
+/// first, its error pipe says why.
 fn wait_ready(
     sync: &OwnedFd,
     err: &OwnedFd,
     pidfd: &OwnedFd,
     timeout: Duration,
-) -> Result<(), SandboxError> {
+) -> Result<Marks, SandboxError> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -577,27 +668,18 @@ fn wait_ready(
         }
         let (sync_ready, died) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
         if sync_ready {
-            let mut b = [0u8; 1];
-            if matches!(rustix::io::read(sync, &mut b), Ok(1)) && b[0] == READY {
-                return Ok(());
+            let mut b = [0u8; Marks::SIZE];
+            if let Ok(n) = rustix::io::read(sync, &mut b) {
+                if let Some(marks) = Marks::from_bytes(&b[..n]) {
+                    return Ok(marks);
+                }
             }
         }
         if sync_ready || died {
-            let mut buf = [0u8; ChildError::SIZE];
-            let n = rustix::io::read(err, &mut buf).unwrap_or(0);
-            let reason = (n == ChildError::SIZE)
-                .then(|| ChildError::from_bytes(&buf))
-                .flatten();
-            return Err(match reason {
-                Some(ce) => SandboxError::Setup {
-                    stage: ce.stage.describe(),
-                    source: io::Error::from_raw_os_error(ce.errno),
-                },
-                None => SandboxError::Setup {
-                    stage: "setting up the sandbox",
-                    source: io::Error::other("the sandbox process died without a report"),
-                },
-            });
+            return Err(child_failure(err).unwrap_or_else(|| SandboxError::Setup {
+                stage: "setting up the sandbox",
+                source: io::Error::other("the sandbox process died without a report"),
+            }));
         }
     }
 }
