@@ -1,8 +1,8 @@
-//! The sandbox engine's cost per job inside a long-lived process, the way
-//! `runbox serve` and workers use it: one `NamespaceBackend`, network namespaces
+//! The engine's cost per job inside a long-lived process, the way `runbox serve`
+//! and workers use it: one `Engine` (store + namespace backend), network namespaces
 //! kept ready off the job's path, `/bin/true` from a busybox image, full isolation
 //! and limits. Interleaved with `bwrap --unshare-all` spawned per job for a
-//! side-by-side ratio. Also runs jobs on two threads at once and reports jobs/s.
+//! side-by-side ratio. Then two threads run jobs back to back: jobs/s.
 //!
 //! Usage: `benches/run engine [ROUNDS]`.
 
@@ -13,15 +13,24 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use runbox_core::{JobSpec, Limits, LimitsPolicy};
-use runbox_image::{ImportOptions, NoProgress, Store, StoreOptions};
-use runbox_sandbox::{
-    plan, Backend, ImageDefaults, NamespaceBackend, NamespaceConfig, NetnsPool, NoEvents, RunImage,
-};
+use runbox_benches::pct;
+use runbox_core::JobSpec;
+use runbox_engine::{Engine, EngineConfig};
+use runbox_image::{ImportOptions, NoProgress};
+use runbox_sandbox::NoEvents;
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
+fn bwrap(root: &Path) -> Result<f64> {
+    let t = Instant::now();
+    let st = Command::new("bwrap")
+        .args(["--unshare-all", "--die-with-parent", "--ro-bind"])
+        .arg(root)
+        .args(["/", "--proc", "/proc", "--dev", "/dev", "/bin/true"])
+        .stdin(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("bwrap failed");
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 fn main() -> Result<()> {
@@ -32,52 +41,24 @@ fn main() -> Result<()> {
         .unwrap_or(300);
     let tmp = tempfile::tempdir()?;
     let layout = runbox_testkit::oci::busybox_image(tmp.path());
-    let store = Store::open(tmp.path().join("data"), StoreOptions::default())?;
-    let record = store
-        .import(
-            &layout,
-            &ImportOptions {
-                name: Some("busybox".into()),
-            },
-            &NoProgress,
-        )?
-        .image;
-    let image = RunImage {
-        layers_dir: store.layers_dir().to_path_buf(),
-        layers: record
-            .layers
-            .iter()
-            .map(|l| l.diff_id.hex().to_owned())
-            .collect(),
-        defaults: ImageDefaults {
-            cmd: record.config.cmd.clone(),
-            env: record.config.env.clone(),
-            ..Default::default()
+    let mut cfg = EngineConfig::new(tmp.path().join("data"));
+    cfg.netns_ready = 2;
+    let engine = Engine::open(cfg)?;
+    engine.store().import(
+        &layout,
+        &ImportOptions {
+            name: Some("busybox".into()),
         },
-    };
-    let (backend, _) = NamespaceBackend::new(NamespaceConfig::new(
-        tmp.path().join("data/sandbox"),
-        store.id_map(),
-    ))?;
-    NetnsPool::global().keep_ready(2);
-    let policy = LimitsPolicy::for_host(8 << 30, 2);
+        &NoProgress,
+    )?;
     let spec = JobSpec {
         image: "busybox".into(),
         argv: Some(vec!["/bin/true".into()]),
         ..Default::default()
     };
-    let mut n = 0u64;
-    let mut job = || -> Result<f64> {
-        n += 1;
+    let job = || -> Result<f64> {
         let t = Instant::now();
-        let p = plan(
-            format!("{n:016x}"),
-            spec.clone(),
-            image.clone(),
-            &Limits::default(),
-            &policy,
-        )?;
-        let r = backend.run(&p, &mut NoEvents)?;
+        let r = engine.run(spec.clone(), &mut NoEvents)?;
         if r.exit_code != Some(0) {
             bail!("job failed: {r:?}");
         }
@@ -91,19 +72,6 @@ fn main() -> Result<()> {
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
     std::os::unix::fs::symlink("busybox", root.join("bin/true"))?;
-    let bwrap = |root: &Path| -> Result<f64> {
-        let t = Instant::now();
-        let st = Command::new("bwrap")
-            .args(["--unshare-all", "--die-with-parent", "--ro-bind"])
-            .arg(root)
-            .args(["/", "--proc", "/proc", "--dev", "/dev", "/bin/true"])
-            .stdin(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("bwrap failed");
-        }
-        Ok(t.elapsed().as_secs_f64() * 1e3)
-    };
 
     for _ in 0..20 {
         job()?;
@@ -136,23 +104,14 @@ fn main() -> Result<()> {
     );
     println!("ratio runbox/bwrap at p50: {:.2}", o50 / b50);
 
-    // Throughput: two threads running jobs back to back on the same backend.
     let total = rounds.max(100);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..2)
-            .map(|w| {
-                let (backend, image, spec, policy) = (&backend, &image, &spec, &policy);
-                s.spawn(move || -> Result<()> {
-                    for i in 0..total / 2 {
-                        let p = plan(
-                            format!("{w}{i:015x}"),
-                            spec.clone(),
-                            image.clone(),
-                            &Limits::default(),
-                            policy,
-                        )?;
-                        backend.run(&p, &mut NoEvents)?;
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    for _ in 0..total / 2 {
+                        engine.run(spec.clone(), &mut NoEvents)?;
                     }
                     Ok(())
                 })
@@ -163,10 +122,10 @@ fn main() -> Result<()> {
         }
         Ok(())
     })?;
+    let secs = t.elapsed().as_secs_f64();
     println!(
-        "throughput, 2 threads: {:.0} jobs/s ({total} jobs in {:.2} s)",
-        total as f64 / t.elapsed().as_secs_f64(),
-        t.elapsed().as_secs_f64()
+        "throughput, 2 threads: {:.0} jobs/s ({total} jobs in {secs:.2} s)",
+        total as f64 / secs
     );
     Ok(())
 }

@@ -94,9 +94,7 @@ impl Contender {
     }
 
     fn pct(&self, p: f64) -> f64 {
-        let mut v = self.ms.clone();
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * p).round() as usize]
+        runbox_benches::pct(&mut self.ms.clone(), p)
     }
 }
 

@@ -99,9 +99,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         // start it now, while the store is opened and the job planned.
         runbox_sandbox::NetnsPool::global().make_ahead(1);
     }
-    let store = Store::open(&cli.data_dir, StoreOptions::default())?;
     match cli.command {
-        Command::Run(args) => run::run(&cli.data_dir, &store, *args),
-        Command::Image(cmd) => image::run(&store, cmd),
+        Command::Run(args) => run::run(&cli.data_dir, *args),
+        Command::Image(cmd) => {
+            image::run(&Store::open(&cli.data_dir, StoreOptions::default())?, cmd)
+        }
     }
 }

@@ -5,13 +5,9 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use runbox_core::{
-    Data, ErrorCode, InputFile, JobResult, JobSpec, JobStatus, Limits, LimitsPolicy, LimitsSpec,
-};
-use runbox_image::Store;
-use runbox_sandbox::{
-    plan, Backend, ImageDefaults, JobEvents, NamespaceBackend, NamespaceConfig, RunImage,
-};
+use runbox_core::{Data, ErrorCode, InputFile, JobResult, JobSpec, JobStatus, Limits, LimitsSpec};
+use runbox_engine::{Engine, EngineConfig};
+use runbox_sandbox::JobEvents;
 
 use crate::cli::{LimitArgs, RunArgs};
 use crate::error::CliError;
@@ -50,14 +46,6 @@ fn limits_spec(l: &LimitArgs) -> LimitsSpec {
         output_files_bytes: l.output_files_limit,
         input_bytes: l.input_limit,
     }
-}
-
-/// Limits allowed on this machine: memory and tmpfs up to its RAM, CPUs up to its count.
-pub fn host_policy() -> LimitsPolicy {
-    let mem = rustix::system::sysinfo();
-    let total = mem.totalram.saturating_mul(u64::from(mem.mem_unit));
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    LimitsPolicy::for_host(total, cpus)
 }
 
 fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
@@ -185,62 +173,19 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
     })
 }
 
-/// A random job id (16 hex characters).
-fn job_id() -> String {
-    let mut b = [0u8; 8];
-    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
-    runbox_core::new_id(u64::from_le_bytes(b))
-}
-
-pub fn run(data_dir: &Path, store: &Store, args: RunArgs) -> anyhow::Result<Exit> {
-    let t0 = std::time::Instant::now();
-    let policy = host_policy();
+pub fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> {
     // The input limit applies while reading host files, before planning checks it.
     let input_max = args
         .limits
         .input_limit
         .unwrap_or(Limits::default().input_bytes);
     let spec = build_spec(&args, input_max)?;
-
-    let _lease = store.lock_shared()?;
-    let record = store.resolve(&spec.image)?;
-    let image = RunImage {
-        layers_dir: store.layers_dir().to_path_buf(),
-        layers: record
-            .layers
-            .iter()
-            .map(|l| l.diff_id.hex().to_owned())
-            .collect(),
-        defaults: ImageDefaults {
-            entrypoint: record.config.entrypoint.clone(),
-            cmd: record.config.cmd.clone(),
-            env: record.config.env.clone(),
-            working_dir: record.config.working_dir.clone(),
-            user: record.config.user.clone(),
-        },
-    };
-    let job = plan(job_id(), spec, image, &Limits::default(), &policy)?;
-    tracing::debug!(
-        us = t0.elapsed().as_micros() as u64,
-        "image resolved, job planned"
-    );
-    let (backend, sweep) = NamespaceBackend::new(NamespaceConfig::new(
-        data_dir.join("sandbox"),
-        store.id_map(),
-    ))?;
-    tracing::debug!(us = t0.elapsed().as_micros() as u64, "backend ready");
-    if sweep.cgroups_removed > 0 {
-        tracing::info!(
-            removed = sweep.cgroups_removed,
-            "cleaned up after a crashed runbox"
-        );
-    }
+    let engine = Engine::open(EngineConfig::new(data_dir))?;
     let mut result = if args.json {
-        backend.run(&job, &mut Quiet)?
+        engine.run(spec, &mut Quiet)?
     } else {
-        backend.run(&job, &mut Mirror)?
+        engine.run(spec, &mut Mirror)?
     };
-
     if let Some(dir) = &args.output_dir {
         hostout::save_outputs(dir, &mut result.outputs)?;
     }

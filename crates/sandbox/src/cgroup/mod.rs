@@ -208,6 +208,20 @@ pub(crate) fn write_text(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|e| CgroupError::io(path, e))
 }
 
+/// Names of the subdirectories of `dir` (none if it does not exist).
+pub(crate) fn subdirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CgroupError::io(dir, e)),
+    };
+    Ok(rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect())
+}
+
 pub(crate) fn mkdir_if_missing(path: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(()),

@@ -1,14 +1,14 @@
 //! cgroup v1: one hierarchy per controller (memory, pids, cpu, cpuacct), possibly
 //! co-mounted (`cpu,cpuacct`). A job cgroup is a directory of the same name in each.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use runbox_core::Limits;
 
 use super::{
     cfs_quota_us, keyed_value, kill_procs, mkdir_if_missing, read_text, read_u64, rmdir_if_present,
-    write_text, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, JoinBy, CFS_PERIOD_US,
+    subdirs, write_text, CgroupError, CgroupMount, CgroupStats, Cgroups, JobCgroup, JoinBy,
+    CFS_PERIOD_US,
 };
 
 /// The v1 hierarchies runbox uses, each with runbox's parent directory under it.
@@ -110,16 +110,7 @@ impl Cgroups for CgroupsV1 {
     fn list(&self) -> Result<Vec<String>, CgroupError> {
         // Job cgroups are made memory-first and removed memory-last, so any leftover
         // has its memory directory: one listing finds them all.
-        let rd = match std::fs::read_dir(&self.memory) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CgroupError::io(&self.memory, e)),
-        };
-        Ok(rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect())
+        subdirs(&self.memory)
     }
 
     fn open(&self, name: &str) -> Box<dyn JobCgroup> {

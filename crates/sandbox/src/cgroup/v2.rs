@@ -8,7 +8,7 @@ use runbox_core::Limits;
 
 use super::{
     cfs_quota_us, keyed_value, kill_procs, mkdir_if_missing, read_text, read_u64, rmdir_if_present,
-    write_text, CgroupError, CgroupStats, Cgroups, JobCgroup, JoinBy, CFS_PERIOD_US,
+    subdirs, write_text, CgroupError, CgroupStats, Cgroups, JobCgroup, JoinBy, CFS_PERIOD_US,
 };
 
 const CONTROLLERS: &str = "+memory +pids +cpu";
@@ -82,16 +82,7 @@ impl Cgroups for CgroupsV2 {
     }
 
     fn list(&self) -> Result<Vec<String>, CgroupError> {
-        let rd = match std::fs::read_dir(&self.parent) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CgroupError::io(&self.parent, e)),
-        };
-        Ok(rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect())
+        subdirs(&self.parent)
     }
 
     fn open(&self, name: &str) -> Box<dyn JobCgroup> {

@@ -1,0 +1,158 @@
+//! Running a job end to end, the one way every front end does it (the CLI, the
+//! script driver, the server, workers): resolve the image in the store, hold the
+//! store while the job uses its layers, plan the job against the host's limits,
+//! run it in the sandbox backend.
+
+use std::path::{Path, PathBuf};
+
+use runbox_core::{ErrorCode, JobResult, JobSpec, Limits, LimitsPolicy};
+use runbox_image::{ImageError, ImageRecord, Store, StoreOptions};
+use runbox_sandbox::{
+    plan, Backend, ImageDefaults, JobEvents, NamespaceBackend, NamespaceConfig, NetnsPool,
+    PlanError, RunImage, SandboxError,
+};
+
+/// Where the engine keeps its data and which limits it applies.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Limits a request's overrides apply to.
+    pub base_limits: Limits,
+    /// Bounds every request's limits must stay within.
+    pub policy: LimitsPolicy,
+    /// Network namespaces kept ready for jobs (0 in one-shot use).
+    pub netns_ready: usize,
+}
+
+impl EngineConfig {
+    /// The documented default limits, bounded by this host's memory and CPUs.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            base_limits: Limits::default(),
+            policy: host_policy(),
+            netns_ready: 0,
+        }
+    }
+}
+
+/// Why a job could not run (a program that ran and failed is a [`JobResult`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+impl EngineError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::Image(e) => e.code(),
+            EngineError::Plan(e) => e.code(),
+            EngineError::Sandbox(e) => e.code(),
+        }
+    }
+}
+
+/// The image store and a sandbox backend, ready to run jobs. Share it between
+/// threads: `run` takes `&self`.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    store: Store,
+    backend: NamespaceBackend,
+}
+
+impl Engine {
+    /// Opens the store and sets the backend up (sweeping what a crashed runbox left).
+    pub fn open(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.netns_ready > 0 {
+            NetnsPool::global().keep_ready(cfg.netns_ready);
+        }
+        let store = Store::open(&cfg.data_dir, StoreOptions::default())?;
+        let (backend, sweep) = NamespaceBackend::new(NamespaceConfig::new(
+            sandbox_dir(&cfg.data_dir),
+            store.id_map(),
+        ))?;
+        if sweep.cgroups_removed > 0 {
+            tracing::info!(
+                removed = sweep.cgroups_removed,
+                "cleaned up after a crashed runbox"
+            );
+        }
+        Ok(Engine {
+            cfg,
+            store,
+            backend,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &self.backend
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Runs one job in a fresh sandbox and returns its result.
+    pub fn run(&self, spec: JobSpec, events: &mut dyn JobEvents) -> Result<JobResult, EngineError> {
+        // Held until the job ends, so gc cannot delete the layers it mounts.
+        let _lease = self.store.lock_shared()?;
+        let record = self.store.resolve(&spec.image)?;
+        let job = plan(
+            new_job_id(),
+            spec,
+            run_image(&self.store, &record),
+            &self.cfg.base_limits,
+            &self.cfg.policy,
+        )?;
+        Ok(self.backend.run(&job, events)?)
+    }
+}
+
+/// Where the sandbox backend keeps its state under a data directory.
+pub fn sandbox_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("sandbox")
+}
+
+/// What the backend needs of an image: its layer directories and config.
+pub fn run_image(store: &Store, record: &ImageRecord) -> RunImage {
+    RunImage {
+        layers_dir: store.layers_dir().to_path_buf(),
+        layers: record
+            .layers
+            .iter()
+            .map(|l| l.diff_id.hex().to_owned())
+            .collect(),
+        defaults: ImageDefaults {
+            entrypoint: record.config.entrypoint.clone(),
+            cmd: record.config.cmd.clone(),
+            env: record.config.env.clone(),
+            working_dir: record.config.working_dir.clone(),
+            user: record.config.user.clone(),
+        },
+    }
+}
+
+/// Limits allowed on this machine: memory and tmpfs up to its RAM, CPUs up to its count.
+pub fn host_policy() -> LimitsPolicy {
+    let mem = rustix::system::sysinfo();
+    let total = mem.totalram.saturating_mul(u64::from(mem.mem_unit));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    LimitsPolicy::for_host(total, cpus)
+}
+
+/// A random job id (16 hex characters).
+pub fn new_job_id() -> String {
+    let mut b = [0u8; 8];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    runbox_core::new_id(u64::from_le_bytes(b))
+}
