@@ -116,6 +116,25 @@ static int tcp_connect(const char *ip, int port) {
     return 0;
 }
 
+/* Listens on 127.0.0.1, connects to itself, sends "hi": proves loopback works. */
+static int loopback(void) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    socklen_t len = sizeof a;
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 1) || getsockname(l, (struct sockaddr *)&a, &len)) {
+        printf("listen %s\n", strerrorname_np(errno));
+        return 1;
+    }
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&a, sizeof a)) { printf("connect %s\n", strerrorname_np(errno)); return 1; }
+    int s = accept(l, NULL, NULL);
+    char buf[8] = {0};
+    if (write(c, "hi", 2) != 2 || read(s, buf, sizeof buf - 1) != 2) { printf("exchange failed\n"); return 1; }
+    printf("loopback %s\n", buf);
+    return 0;
+}
+
 /* Forks until fork fails, keeping every child alive; reports the errno. */
 static int forkbomb(void) {
     for (int n = 0;; n++) {
@@ -148,6 +167,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "tty")) return tty();
     if (!strcmp(c, "connect") && argc > 3) return tcp_connect(argv[2], atoi(argv[3]));
     if (!strcmp(c, "forkbomb")) return forkbomb();
+    if (!strcmp(c, "loopback")) return loopback();
     if (!strcmp(c, "flood") && argc > 2) return flood(atol(argv[2]));
     fprintf(stderr, "unknown command %s\n", c);
     return 2;

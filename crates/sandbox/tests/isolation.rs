@@ -269,10 +269,8 @@ fn no_route_to_the_internet_metadata_or_host_loopback() {
         assert!(r.stdout.contains("ENETUNREACH"), "{ip}: {}", r.stdout);
     }
     // Loopback inside works: the sandbox can talk to itself.
-    let r = env.sh(
-        "nc -l -p 9000 > /tmp/got & sleep 0.2; echo hi | nc 127.0.0.1 9000; wait; cat /tmp/got",
-    );
-    assert_eq!(r.stdout, "hi\n", "{r:?}");
+    let r = env.run(hostile(&["loopback"]));
+    assert_eq!(r.stdout, "loopback hi\n", "{r:?}");
 }
 
 /// Starts job B once job A reports it has planted its secrets.
