@@ -39,7 +39,8 @@ pub const EXIT_CODES: &str = "\
 Exit codes of `runbox run`: the program's own exit code, or 128+N when signal N
 ended it (137 when a limit killed it). 125: runbox itself failed (bad option,
 unknown image, hostile input, sandbox set-up); 126: the command cannot be
-executed; 127: the command was not found. Other commands exit 0 or 125.";
+executed; 127: the command was not found. `runbox script` exits 1 when a command
+failed. Other commands exit 0 or 125.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -48,6 +49,19 @@ pub enum Command {
     /// Manage the local image store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a JSON-lines scenario: one command per line, one JSON response per line.
+    /// Exits 0 when every command succeeded, 1 when any failed.
+    Script(ScriptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScriptArgs {
+    /// The script file, or `-` for stdin. Relative paths in it resolve against its
+    /// directory (the current directory for stdin).
+    pub file: PathBuf,
+    /// Stop at the first command that fails.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@ mod hostout;
 mod image;
 mod progress;
 mod run;
+mod script;
 mod units;
 
 use std::io::Write;
@@ -104,5 +105,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Image(cmd) => {
             image::run(&Store::open(&cli.data_dir, StoreOptions::default())?, cmd)
         }
+        Command::Script(args) => script::run(&cli.data_dir, args),
     }
 }

@@ -29,6 +29,11 @@ pub enum ErrorCode {
     SandboxSetup,
     /// A host I/O error.
     Io,
+    /// A line of a `runbox script` file is malformed (bad JSON, unknown command,
+    /// missing or mistyped field, unknown variable).
+    ScriptInvalid,
+    /// A script's `expect` (or `expect_error`) did not hold.
+    ExpectationFailed,
     /// A bug in runbox.
     Internal,
 }
@@ -47,6 +52,8 @@ impl ErrorCode {
             ErrorCode::CommandNotExecutable => "command_not_executable",
             ErrorCode::SandboxSetup => "sandbox_setup",
             ErrorCode::Io => "io",
+            ErrorCode::ScriptInvalid => "script_invalid",
+            ErrorCode::ExpectationFailed => "expectation_failed",
             ErrorCode::Internal => "internal",
         }
     }
