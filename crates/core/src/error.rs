@@ -27,8 +27,10 @@ pub enum ErrorCode {
     CommandNotExecutable,
     /// The sandbox could not be created (kernel feature missing, not root, ...).
     SandboxSetup,
-    /// A host I/O error.
+    /// A host I/O error, or a registry that could not be reached or failed.
     Io,
+    /// A registry refused the request for lack of (valid) credentials.
+    RegistryAuth,
     /// A line of a `runbox script` file is malformed (bad JSON, unknown command,
     /// missing or mistyped field, unknown variable).
     ScriptInvalid,
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::CommandNotExecutable => "command_not_executable",
             ErrorCode::SandboxSetup => "sandbox_setup",
             ErrorCode::Io => "io",
+            ErrorCode::RegistryAuth => "registry_auth",
             ErrorCode::ScriptInvalid => "script_invalid",
             ErrorCode::ExpectationFailed => "expectation_failed",
             ErrorCode::Internal => "internal",

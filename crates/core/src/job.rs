@@ -7,12 +7,22 @@ use serde::{Deserialize, Serialize};
 use crate::data::{to_base64, Data};
 use crate::limits::{LimitKind, Limits, LimitsSpec};
 
-/// One request: which image, which command, which inputs, which limits.
+/// One request: which image or catalog program, which command, which inputs,
+/// which limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Image reference: `name[:tag]`, `name@sha256:...`, `sha256:...` or a digest prefix.
+    /// Give this or `program`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
+    /// A catalog program id: its manifest supplies the image, the command line, the
+    /// default inputs and limits. Give this or `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// Values for the program's options form, by option name (validated against it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
     /// Replaces the image's Cmd (the image's Entrypoint, if any, is kept in front).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
