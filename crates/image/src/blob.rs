@@ -55,20 +55,20 @@ pub(crate) fn copy_verified(
             .map_or_else(|| name.to_owned(), |d| d.to_string())
     };
     // The source knows the size already: reject a mismatch without reading.
-    if let Some(size) = expect.size {
-        if file.size != size {
+    if let (Some(size), Some(actual)) = (expect.size, file.size) {
+        if actual != size {
             return Err(ImageError::SizeMismatch {
                 what: what.to_owned(),
                 digest: digest_label(),
                 expected: size,
-                actual: file.size.to_string(),
+                actual: actual.to_string(),
             });
         }
     }
-    if file.size > expect.max {
+    if let Some(actual) = file.size.filter(|s| *s > expect.max) {
         return Err(ImageError::DocumentTooLarge {
             what: format!("{what} {}", digest_label()),
-            size: file.size,
+            size: actual,
             limit: expect.max,
         });
     }
@@ -93,7 +93,7 @@ pub(crate) fn copy_verified(
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ImageError::io("reading", source.path().join(name), e)),
+                Err(e) => return Err(source.read_error(name, e)),
             };
             total += n as u64;
             if total > limit {
@@ -114,7 +114,7 @@ pub(crate) fn copy_verified(
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n])
                 .map_err(|e| ImageError::io("writing", &tmp, e))?;
-            progress.bytes(n as u64);
+            progress.blob_bytes(expect.digest, n as u64);
         }
         if let Some(size) = expect.size {
             if total != size {

@@ -193,6 +193,25 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("the registry {registry} has no image {reference}: {detail}")]
+    RemoteNotFound {
+        registry: String,
+        reference: String,
+        detail: String,
+    },
+    #[error("the registry {registry} {problem} for {reference}; {advice}")]
+    RegistryAuth {
+        registry: String,
+        reference: String,
+        problem: String,
+        advice: String,
+    },
+    #[error("the registry {registry}: {what} failed: {detail}")]
+    Registry {
+        registry: String,
+        what: String,
+        detail: String,
+    },
     #[error("the import was cancelled because another layer failed")]
     Cancelled,
     #[error("internal error: {0}")]
@@ -215,7 +234,10 @@ impl ImageError {
             | AmbiguousReference { .. }
             | InvalidName { .. }
             | InvalidNameForm { .. } => ErrorCode::InvalidArgument,
-            NotFound { .. } => ErrorCode::ImageNotFound,
+            NotFound { .. } | RemoteNotFound { .. } => ErrorCode::ImageNotFound,
+            RegistryAuth { .. } => ErrorCode::RegistryAuth,
+            // The network or the registry's server failed, not the image.
+            Registry { .. } => ErrorCode::Io,
             StoreCorrupt { .. } | Cancelled | Internal(_) => ErrorCode::Internal,
             UnrecognizedInput { .. }
             | MissingFile { .. }

@@ -30,14 +30,16 @@ mod import;
 mod limits;
 mod progress;
 mod record;
+pub mod registry;
 mod source;
 mod store;
 mod unpack;
 pub mod writer;
 
 pub use error::{ImageError, Result, UnsafeEntry};
-pub use import::{ImportOptions, ImportReport};
+pub use import::{ImportOptions, ImportReport, PullOptions, PullReport};
 pub use limits::ImportLimits;
 pub use progress::{ImportProgress, NoProgress};
 pub use record::{host_platform, ImageConfig, ImageRecord, LayerRef};
+pub use registry::{RegistryAuth, RemoteRef};
 pub use store::{DiskUsage, GcReport, RemoveReport, Store, StoreLease, StoreOptions};

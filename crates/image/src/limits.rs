@@ -22,6 +22,10 @@ pub struct ImportLimits {
     pub max_path_len: usize,
     /// Layers in one image (default 120; Docker's overlay driver stops at 125).
     pub max_layers: usize,
+    /// Compressed bytes of one image: its config and layers as the manifest's
+    /// descriptors give them (default 64 GiB). Checked before any layer is read,
+    /// so a pull never downloads more than this (plus its small manifests).
+    pub max_image_bytes: u64,
     /// Size of a JSON document: index, manifest, config, docker manifest.json
     /// (default 4 MiB; real ones are a few KiB).
     pub max_document_bytes: u64,
@@ -42,6 +46,7 @@ impl Default for ImportLimits {
             max_layer_entries: 1_000_000,
             max_path_len: 4096,
             max_layers: 120,
+            max_image_bytes: 64 * GIB,
             max_document_bytes: 4 * MIB,
             max_archive_bytes: 64 * GIB,
             max_archive_entries: 100_000,

@@ -5,7 +5,9 @@
 //! the archive is indexed (entry name -> offset and size) and files are read in
 //! place; symlink and hardlink entries are aliases resolved inside that index. A
 //! layout directory is read through `openat2` below its descriptor, refusing
-//! symlinks, so a planted link cannot make the import read a host file.
+//! symlinks, so a planted link cannot make the import read a host file. A
+//! registry source fetches the same names over HTTP (`blobs/sha256/<hex>`, and
+//! `manifests/<digest>` for manifests and indexes).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,6 +22,7 @@ use rustix::io::Errno;
 use crate::error::{ImageError, Result};
 use crate::fsutil;
 use crate::limits::ImportLimits;
+use crate::registry::RegistrySource;
 
 /// How to resolve a file name inside a source directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,7 @@ enum Kind {
         file: File,
         entries: HashMap<String, Entry>,
     },
+    Registry(Box<RegistrySource>),
 }
 
 /// An opened image source.
@@ -58,10 +62,10 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// A reader over one file of a source, with its size.
+/// A reader over one file of a source, with its size (a registry may not say).
 pub(crate) struct SourceFile<'a> {
     pub reader: Box<dyn Read + Send + 'a>,
-    pub size: u64,
+    pub size: Option<u64>,
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -146,9 +150,51 @@ impl Source {
         })
     }
 
-    /// The path the user gave.
+    /// A registry repository as a source. `path` is `registry/repository`, for messages.
+    pub(crate) fn registry(registry: RegistrySource) -> Source {
+        Source {
+            path: PathBuf::from(registry.describe()),
+            kind: Kind::Registry(Box::new(registry)),
+        }
+    }
+
+    /// The path the user gave (`registry/repository` for a registry).
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The registry, when the source is one.
+    pub(crate) fn as_registry(&self) -> Option<&RegistrySource> {
+        match &self.kind {
+            Kind::Registry(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The name under which the blob with this digest and media type is read:
+    /// `blobs/sha256/<hex>`, except manifests and indexes in a registry, which
+    /// are served under `manifests/<digest>`.
+    pub(crate) fn blob_name(&self, digest: &runbox_core::Digest, media_type: &str) -> String {
+        let is_manifest = media_type.ends_with(".manifest.v1+json")
+            || media_type.ends_with(".index.v1+json")
+            || media_type.ends_with(".manifest.v2+json")
+            || media_type.ends_with(".manifest.list.v2+json");
+        match &self.kind {
+            Kind::Registry(_) if is_manifest => format!("manifests/{digest}"),
+            _ => format!("blobs/sha256/{}", digest.hex()),
+        }
+    }
+
+    /// The error for a failed read of `name`.
+    pub(crate) fn read_error(&self, name: &str, e: io::Error) -> ImageError {
+        match &self.kind {
+            Kind::Registry(r) => ImageError::Registry {
+                registry: r.remote().registry.clone(),
+                what: format!("downloading {name} of {}", r.describe()),
+                detail: e.to_string(),
+            },
+            _ => ImageError::io("reading", self.path.join(name), e),
+        }
     }
 
     /// Whether `name` names a regular file in the source (following no symlinks).
@@ -161,6 +207,7 @@ impl Source {
             Kind::Archive { entries, .. } => {
                 matches!(entries.get(name), Some(Entry::File { .. }))
             }
+            Kind::Registry(_) => false,
         }
     }
 
@@ -225,7 +272,7 @@ impl Source {
                 let size = st2.st_size as u64;
                 Ok(SourceFile {
                     reader: Box::new(File::from(fd)),
-                    size,
+                    size: Some(size),
                 })
             }
             Kind::Archive { file, entries } => {
@@ -240,7 +287,7 @@ impl Source {
                                     pos: *offset,
                                     end: offset + size,
                                 }),
-                                size: *size,
+                                size: Some(*size),
                             })
                         }
                         Some(Entry::Link { target }) => current = target.clone(),
@@ -250,20 +297,37 @@ impl Source {
                     "too many levels of links in the archive",
                 )))
             }
+            Kind::Registry(r) => {
+                let digest = |s: &str| s.parse::<runbox_core::Digest>().map_err(|_| missing());
+                if let Some(d) = name.strip_prefix("manifests/") {
+                    let body = r.fetch_manifest(Some(&digest(d)?), what)?;
+                    let size = body.len() as u64;
+                    Ok(SourceFile {
+                        reader: Box::new(io::Cursor::new(body)),
+                        size: Some(size),
+                    })
+                } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                    let (reader, size) = r.open_blob(&digest(&format!("sha256:{hex}"))?, what)?;
+                    Ok(SourceFile { reader, size })
+                } else {
+                    Err(missing())
+                }
+            }
         }
     }
 
     /// Reads a whole small document (JSON), refusing more than `max` bytes.
     pub(crate) fn read_document(&self, name: &str, what: &str, max: u64) -> Result<Vec<u8>> {
         let f = self.open_file(name, what, Links::Refuse)?;
-        if f.size > max {
+        let size = f.size.unwrap_or(0);
+        if size > max {
             return Err(ImageError::DocumentTooLarge {
                 what: what.to_owned(),
-                size: f.size,
+                size,
                 limit: max,
             });
         }
-        let mut buf = Vec::with_capacity(f.size as usize);
+        let mut buf = Vec::with_capacity(size as usize);
         f.reader
             .take(max + 1)
             .read_to_end(&mut buf)

@@ -345,7 +345,9 @@ impl Store {
 
     /// Finds one image by `name[:tag]` (tag defaults to `latest`), by full
     /// `sha256:` manifest or config digest (the config digest is Docker's image id),
-    /// or by a unique prefix of at least 6 hex characters of either.
+    /// by `name[:tag]@sha256:...` (the manifest digest decides when the name is
+    /// not in the store), or by a unique prefix of at least 6 hex characters of
+    /// the digests.
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord> {
         let records = self.load_records()?;
         let (i, _) = resolve_in(&records, reference)?;
@@ -578,6 +580,15 @@ fn resolve_in(records: &[ImageRecord], reference: &str) -> Result<(usize, Matche
                 }
                 return Ok((i, Matched::Name(name)));
             }
+        }
+        // `name@sha256:...` of an image not under that name (e.g. pulled by
+        // digest): the digest pins the content.
+        if let Some(d) = &iref.digest {
+            return records
+                .iter()
+                .position(|x| x.manifest_digest == *d)
+                .map(|i| (i, Matched::Digest))
+                .ok_or_else(not_found);
         }
     }
     by_prefix(records, reference, r)

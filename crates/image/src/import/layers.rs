@@ -14,7 +14,7 @@ use crate::fsutil;
 use crate::unpack::{sniff_compression, unpack_layer, Compression, LayerJob};
 
 /// Copies and verifies layer blobs and unpacks the layers not yet in the store,
-/// in parallel (bounded by the available cores).
+/// in parallel (`ctx.workers` at a time).
 pub(super) fn run_layer_jobs(ctx: &Ctx<'_>, layers: &[LayerPlan]) -> Result<Vec<LayerDone>> {
     // The first layer with a given diff_id unpacks it; later ones share it.
     let mut first_of: HashMap<&Digest, usize> = HashMap::new();
@@ -24,10 +24,7 @@ pub(super) fn run_layer_jobs(ctx: &Ctx<'_>, layers: &[LayerPlan]) -> Result<Vec<
     let results: Vec<Mutex<Option<LayerDone>>> = layers.iter().map(|_| Mutex::new(None)).collect();
     let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(layers.len())
-        .max(1);
+    let workers = ctx.workers.min(layers.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
@@ -85,6 +82,7 @@ fn layer_job(ctx: &Ctx<'_>, plan: &LayerPlan, unpack: bool) -> Result<LayerDone>
                     actual: size.to_string(),
                 });
             }
+            ctx.progress.blob_present(d, size);
             (d.clone(), size, path, false)
         }
         _ => {

@@ -28,9 +28,11 @@ use crate::store::{LayerMarker, Store};
 
 mod layers;
 mod plan;
+mod pull;
 
 use layers::run_layer_jobs;
 use plan::{image_config, plan_docker, plan_oci, synthesize_manifest};
+pub use pull::{PullOptions, PullReport};
 
 /// Options for [`Store::import`].
 #[derive(Debug, Clone, Default)]
@@ -143,6 +145,14 @@ struct Ctx<'a> {
     progress: &'a dyn ImportProgress,
     cancel: AtomicBool,
     wanted: Option<ImageRef>,
+    /// Layer jobs run at once.
+    workers: usize,
+}
+
+/// The available cores: layer jobs of an import are CPU-bound (hashing,
+/// decompressing, unpacking).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Store {
@@ -170,6 +180,7 @@ impl Store {
             progress,
             cancel: AtomicBool::new(false),
             wanted,
+            workers: cores(),
         };
 
         let plan = if source.has_file("index.json") {
@@ -183,7 +194,14 @@ impl Store {
                     .into(),
             });
         };
+        Ok(self.import_plan(&ctx, plan)?.0)
+    }
 
+    /// The part of an import (or pull) after planning: an image already present
+    /// only gets the names; otherwise the layer jobs run and everything is
+    /// committed. Also returns how many layer blobs were read from the source.
+    fn import_plan(&self, ctx: &Ctx<'_>, plan: Plan) -> Result<(ImportReport, usize)> {
+        let staging = ctx.staging;
         // Already here? (Same manifest, or for docker-save the same config, whose
         // diff_ids pin the layer contents.)
         let existing = self
@@ -195,20 +213,21 @@ impl Store {
             });
         if let Some(record) = existing {
             let image = self.commit_names(&record.manifest_digest, &plan.names)?;
-            return Ok(ImportReport {
+            let report = ImportReport {
                 image,
                 already_present: true,
                 layers_unpacked: 0,
                 layers_reused: 0,
                 bytes_read: plan.config.size + plan.manifest.as_ref().map_or(0, |m| m.size),
-            });
+            };
+            return Ok((report, 0));
         }
 
-        let done = run_layer_jobs(&ctx, &plan.layers)?;
+        let done = run_layer_jobs(ctx, &plan.layers)?;
         let mut bytes_read = plan.config.size + plan.manifest.as_ref().map_or(0, |m| m.size);
         let manifest = match plan.manifest {
             Some(m) => m,
-            None => synthesize_manifest(&ctx, &plan.config, &done)?,
+            None => synthesize_manifest(ctx, &plan.config, &done)?,
         };
         let mut layers = Vec::with_capacity(plan.layers.len());
         let (mut unpacked, mut reused) = (0, 0);
@@ -254,14 +273,16 @@ impl Store {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let (image, already_present) = self.commit(&staging, record, &done, &plan.layers)?;
-        Ok(ImportReport {
+        let (image, already_present) = self.commit(staging, record, &done, &plan.layers)?;
+        let copied = done.iter().filter(|d| d.copied).count();
+        let report = ImportReport {
             image,
             already_present,
             layers_unpacked: unpacked,
             layers_reused: reused,
             bytes_read,
-        })
+        };
+        Ok((report, copied))
     }
 
     fn read_marker(&self, diff_id: &Digest) -> Option<LayerMarker> {

@@ -1,5 +1,6 @@
 //! What the source says the image is: index and manifest selection (platform,
-//! nested indexes), config checks, docker-save `manifest.json`, and image names.
+//! nested indexes), config checks, docker-save `manifest.json`, image names, and
+//! the same for a manifest or index fetched from a registry by tag or digest.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use super::{Ctx, LayerDone, LayerPlan, Plan};
 use crate::blob::{copy_verified, read_staged, Expect, StagedBlob};
 use crate::error::{ImageError, Result};
 use crate::record::{host_platform, ImageConfig};
+use crate::registry::RemoteRef;
 use crate::source::{normalize_member, Links};
 use crate::unpack::check_layer_media_type;
 
@@ -115,7 +117,7 @@ impl Ctx<'_> {
         }
         let blob = copy_verified(
             self.source,
-            &format!("blobs/sha256/{}", digest.hex()),
+            &self.source.blob_name(&digest, desc.media_type().as_ref()),
             Links::Refuse,
             Expect {
                 what,
@@ -268,28 +270,7 @@ pub(super) fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
     let index: ImageIndex = parse_json(&index_bytes, "index.json")?;
     let (desc, ref_name) = select_manifest(ctx, &index, 0, None)?;
     let (manifest_blob, manifest_bytes) = ctx.fetch_document(&desc, "manifest")?;
-    let manifest: ImageManifest = parse_json(
-        &manifest_bytes,
-        &format!("manifest {}", manifest_blob.digest),
-    )?;
-    let (config_blob, config_bytes) = ctx.fetch_document(manifest.config(), "config")?;
-    let config_doc: ImageConfiguration =
-        parse_json(&config_bytes, &format!("config {}", config_blob.digest))?;
-    let diff_ids = check_config(&config_doc, manifest.layers().len(), limits.max_layers)?;
-    let mut layers = Vec::new();
-    for (d, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let digest = to_digest(d.digest(), "layer")?;
-        let media_type = d.media_type().to_string();
-        check_layer_media_type(&media_type, &digest)?;
-        layers.push(LayerPlan {
-            file: format!("blobs/sha256/{}", digest.hex()),
-            links: Links::Refuse,
-            digest: Some(digest),
-            size: Some(d.size()),
-            media_type: Some(media_type),
-            diff_id,
-        });
-    }
+    let mut plan = plan_manifest(ctx, manifest_blob, &manifest_bytes)?;
     // docker save (25+) writes both a layout and manifest.json; its RepoTags name
     // the image when the index annotations do not.
     let mut full_names = Vec::new();
@@ -304,22 +285,130 @@ pub(super) fn plan_oci(ctx: &Ctx<'_>) -> Result<Plan> {
         ) {
             if let Ok(entries) = serde_json::from_slice::<Vec<DockerManifest>>(&bytes) {
                 for e in entries {
-                    if e.config.ends_with(config_blob.digest.hex()) {
+                    if e.config.ends_with(plan.config.digest.hex()) {
                         full_names.extend(e.repo_tags.unwrap_or_default());
                     }
                 }
             }
         }
     }
-    let names = choose_names(ctx.wanted.as_ref(), ref_name.as_deref(), &full_names);
+    plan.names = choose_names(ctx.wanted.as_ref(), ref_name.as_deref(), &full_names);
+    Ok(plan)
+}
+
+/// The plan an image manifest (verified and staged) gives: its config, fetched
+/// and checked, and its layers. Names are left to the caller.
+fn plan_manifest(ctx: &Ctx<'_>, manifest_blob: StagedBlob, manifest_bytes: &[u8]) -> Result<Plan> {
+    let limits = &ctx.store.limits;
+    let manifest: ImageManifest = parse_json(
+        manifest_bytes,
+        &format!("manifest {}", manifest_blob.digest),
+    )?;
+    // The descriptors bound every blob read below; refuse too much before reading.
+    let total = manifest
+        .layers()
+        .iter()
+        .fold(manifest.config().size(), |sum, d| {
+            sum.saturating_add(d.size())
+        });
+    if total > limits.max_image_bytes {
+        return Err(ImageError::DocumentTooLarge {
+            what: format!(
+                "the image of manifest {} (config and layers)",
+                manifest_blob.digest
+            ),
+            size: total,
+            limit: limits.max_image_bytes,
+        });
+    }
+    let (config_blob, config_bytes) = ctx.fetch_document(manifest.config(), "config")?;
+    let config_doc: ImageConfiguration =
+        parse_json(&config_bytes, &format!("config {}", config_blob.digest))?;
+    let diff_ids = check_config(&config_doc, manifest.layers().len(), limits.max_layers)?;
+    let mut layers = Vec::new();
+    for (d, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let digest = to_digest(d.digest(), "layer")?;
+        let media_type = d.media_type().to_string();
+        check_layer_media_type(&media_type, &digest)?;
+        if d.size() > limits.max_layer_bytes {
+            return Err(ImageError::DocumentTooLarge {
+                what: format!("layer {digest}"),
+                size: d.size(),
+                limit: limits.max_layer_bytes,
+            });
+        }
+        layers.push(LayerPlan {
+            file: ctx.source.blob_name(&digest, &media_type),
+            links: Links::Refuse,
+            digest: Some(digest),
+            size: Some(d.size()),
+            media_type: Some(media_type),
+            diff_id,
+        });
+    }
     Ok(Plan {
         manifest: Some(manifest_blob),
         config: config_blob,
         platform: config_platform(&config_doc),
         config_doc,
         layers,
-        names,
+        names: Vec::new(),
     })
+}
+
+/// The `mediaType` of a manifest or index, and whether it lists manifests.
+#[derive(Debug, Deserialize)]
+struct ManifestProbe {
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+}
+
+/// Plans a pull of `remote` from the registry `ctx.source` is: the manifest
+/// (or index, from which the host's platform is chosen as for a layout) the
+/// tag or digest names, then its config and layers. The image is named
+/// `remote.image_name()`.
+pub(super) fn plan_registry(ctx: &Ctx<'_>, remote: &RemoteRef) -> Result<Plan> {
+    let registry = ctx
+        .source
+        .as_registry()
+        .ok_or_else(|| ImageError::Internal("a pull's source is not a registry".into()))?;
+    let body = registry.fetch_manifest(None, "manifest")?;
+    let digest = Digest::from_sha256_bytes(&Sha256::digest(&body).into());
+    if let Some(wanted) = &remote.digest {
+        if *wanted != digest {
+            return Err(ImageError::DigestMismatch {
+                what: "manifest".into(),
+                digest: wanted.clone(),
+                actual: digest,
+            });
+        }
+    }
+    let probe: ManifestProbe = parse_json(&body, &format!("manifest {digest}"))?;
+    let is_index = match probe.media_type.as_deref() {
+        Some(MT_OCI_INDEX | MT_DOCKER_LIST) => true,
+        Some(_) => false,
+        None => probe.manifests.is_some(),
+    };
+    let (manifest_blob, manifest_bytes) = if is_index {
+        let index: ImageIndex = parse_json(&body, &format!("image index {digest}"))?;
+        let (desc, _) = select_manifest(ctx, &index, 0, None)?;
+        ctx.fetch_document(&desc, "manifest")?
+    } else {
+        let path = ctx.staging.blobs().join(digest.hex());
+        std::fs::write(&path, &body).map_err(|e| ImageError::io("writing", &path, e))?;
+        let blob = StagedBlob {
+            digest,
+            size: body.len() as u64,
+            path,
+        };
+        ctx.progress.blob_finished(&blob.digest, blob.size);
+        (blob, body)
+    };
+    let mut plan = plan_manifest(ctx, manifest_blob, &manifest_bytes)?;
+    plan.names = remote.image_name().into_iter().collect();
+    Ok(plan)
 }
 
 /// Checks what the config must say and returns its diff_ids.
