@@ -31,6 +31,9 @@ pub enum ErrorCode {
     Io,
     /// A registry refused the request for lack of (valid) credentials.
     RegistryAuth,
+    /// An image build failed: its tool (mmdebstrap) is missing, failed (unknown
+    /// package, mirror unreachable) or ran past a build limit.
+    BuildFailed,
     /// A line of a `runbox script` file is malformed (bad JSON, unknown command,
     /// missing or mistyped field, unknown variable).
     ScriptInvalid,
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::SandboxSetup => "sandbox_setup",
             ErrorCode::Io => "io",
             ErrorCode::RegistryAuth => "registry_auth",
+            ErrorCode::BuildFailed => "build_failed",
             ErrorCode::ScriptInvalid => "script_invalid",
             ErrorCode::ExpectationFailed => "expectation_failed",
             ErrorCode::Internal => "internal",

@@ -216,6 +216,59 @@ pub enum ImageError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("cannot read the recipe {path}: {source}")]
+    RecipeUnreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A recipe is malformed: `field` names where (`files[1].mode`), empty when
+    /// the whole file is at fault.
+    #[error("recipe {path}: {}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+    RecipeInvalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error("recipe {recipe}: {field}: cannot read {path}: {source}")]
+    RecipeFileUnreadable {
+        recipe: PathBuf,
+        field: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{tool} is not installed, and image builds need it: apt-get install {package}")]
+    BuildToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed ({status}){}", stderr_tail(stderr))]
+    BuildToolFailed {
+        tool: &'static str,
+        status: String,
+        /// Its last lines on stderr.
+        stderr: Vec<String>,
+    },
+    #[error(
+        "{tool} ran longer than the build time limit of {limit_seconds} s and was stopped{}",
+        stderr_tail(stderr)
+    )]
+    BuildTimedOut {
+        tool: &'static str,
+        limit_seconds: u64,
+        stderr: Vec<String>,
+    },
+    #[error("{tool} wrote a root file system larger than the build limit of {limit} bytes and was stopped")]
+    BuildOutputTooLarge { tool: &'static str, limit: u64 },
+}
+
+/// A tool's last stderr lines, indented below the message.
+fn stderr_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(":\n    {}", lines.join("\n    "))
 }
 
 /// Result alias for the image store.
@@ -267,6 +320,12 @@ impl ImageError {
             // Writing into our own staging directory failed: a host problem
             // (disk full, ...), unless the layer was refused, which has its own variant.
             LayerWrite { .. } => ErrorCode::Io,
+            RecipeUnreadable { .. } | RecipeFileUnreadable { .. } => ErrorCode::InputUnreadable,
+            RecipeInvalid { .. } => ErrorCode::InvalidArgument,
+            BuildToolMissing { .. }
+            | BuildToolFailed { .. }
+            | BuildTimedOut { .. }
+            | BuildOutputTooLarge { .. } => ErrorCode::BuildFailed,
         }
     }
 

@@ -24,6 +24,7 @@
 //! ```
 
 mod blob;
+pub mod build;
 mod error;
 mod fsutil;
 mod import;
@@ -36,6 +37,7 @@ mod store;
 mod unpack;
 pub mod writer;
 
+pub use build::{BuildLimits, BuildOptions, BuildPhase, BuildProgress, BuildReport, Recipe};
 pub use error::{ImageError, Result, UnsafeEntry};
 pub use import::{ImportOptions, ImportReport, PullOptions, PullReport};
 pub use limits::ImportLimits;
