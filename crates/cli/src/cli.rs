@@ -96,6 +96,35 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pull an image from an OCI registry (Docker Hub when REF names no registry host).
+    Pull(PullArgs),
+    /// Show the store's disk usage: images, layers, blobs, and what `gc` would free.
+    Df {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `NAME[:TAG]`, `NAME@sha256:...` or `HOST[:PORT]/PATH[:TAG]`. The image is
+    /// named as given (`busybox` is pulled from docker.io/library/busybox:latest
+    /// and named `busybox:latest`).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Registry user name; the password is read from stdin (--password-stdin).
+    /// Default: the registry's entry in $REGISTRY_AUTH_FILE or ~/.docker/config.json.
+    #[arg(long, short = 'u', value_name = "NAME", requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin (never give it on the command line).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Use plain HTTP instead of HTTPS (a registry on loopback without TLS).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Print the result as JSON, without progress bars.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -53,7 +53,7 @@ pub fn code_of(err: &anyhow::Error) -> ErrorCode {
 pub fn hint(code: ErrorCode) -> Option<&'static str> {
     Some(match code {
         ErrorCode::ImageNotFound => {
-            "list images with `runbox image ls`; add one with `runbox image import PATH`"
+            "list images with `runbox image ls`; add one with `runbox image import PATH` or `runbox image pull REF`"
         }
         ErrorCode::CommandNotFound => {
             "check the command name and the image's PATH; give the command after `--`"

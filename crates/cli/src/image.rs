@@ -1,4 +1,4 @@
-//! `runbox image ...`: import, list, remove, gc.
+//! `runbox image ...`: import, pull, list, remove, gc, df.
 
 use std::path::Path;
 
@@ -71,6 +71,8 @@ pub fn run(store: &Store, cmd: ImageCommand) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
+        ImageCommand::Pull(args) => crate::pull::run(store, args),
+        ImageCommand::Df { json } => crate::pull::df(store, json),
         ImageCommand::Gc { json } => {
             let r = store.gc()?;
             if json {

@@ -9,6 +9,7 @@ mod error;
 mod hostout;
 mod image;
 mod progress;
+mod pull;
 mod run;
 mod script;
 mod units;

@@ -155,6 +155,7 @@ pub(crate) struct RegistrySource {
     remote: RemoteRef,
     auth: oci_client::secrets::RegistryAuth,
     has_credentials: bool,
+    plain_http: bool,
     /// Largest manifest or index accepted.
     max_document: u64,
 }
@@ -214,6 +215,7 @@ impl RegistrySource {
             remote: remote.clone(),
             auth: auth.to_oci(),
             has_credentials: !matches!(auth, RegistryAuth::Anonymous),
+            plain_http,
             max_document,
         };
         source
@@ -223,7 +225,7 @@ impl RegistrySource {
                     .client
                     .auth(&source.reference, &source.auth, RegistryOperation::Pull),
             )
-            .map_err(|e| source.error("authenticating", e))?;
+            .map_err(|e| source.error("contacting it (GET /v2/, authentication)", e))?;
         Ok(source)
     }
 
@@ -407,11 +409,21 @@ impl RegistrySource {
                     error_chain(&e)
                 ),
             },
-            e => ImageError::Registry {
-                registry,
-                what: what.to_owned(),
-                detail: error_chain(&e),
-            },
+            e => {
+                let mut detail = error_chain(&e);
+                // rustls's words for an HTTP answer to a TLS handshake.
+                if !self.plain_http && detail.contains("InvalidContentType") {
+                    detail.push_str(
+                        " (the registry does not speak HTTPS; for a plain-HTTP registry \
+                         on loopback, use --plain-http)",
+                    );
+                }
+                ImageError::Registry {
+                    registry,
+                    what: what.to_owned(),
+                    detail,
+                }
+            }
         }
     }
 }
