@@ -77,6 +77,9 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Build an image from a recipe: Debian packages (mmdebstrap) plus added files.
+    /// Cached: an unchanged recipe returns the image it built before.
+    Build(BuildArgs),
     /// List images.
     #[command(alias = "list")]
     Ls {
@@ -103,6 +106,24 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `runbox image build`. The recipe format: docs/recipes.md.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The recipe file (TOML).
+    #[arg(value_name = "RECIPE")]
+    pub recipe: PathBuf,
+    /// Build even when the store has the image of this exact recipe.
+    #[arg(long)]
+    pub force: bool,
+    /// Where mmdebstrap builds the system (its TMPDIR; default: $TMPDIR or /tmp).
+    /// A tmpfs such as /dev/shm is fastest.
+    #[arg(long, env = "RUNBOX_BUILD_SCRATCH", value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Print the build report as JSON, without a progress bar.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

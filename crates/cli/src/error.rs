@@ -65,6 +65,9 @@ pub fn hint(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::SandboxSetup => {
             "runbox needs root and a kernel with user namespaces, overlayfs and cgroups"
         }
+        ErrorCode::BuildFailed => {
+            "check the recipe's package names and that the Debian mirror is reachable; `--log debug` shows all of mmdebstrap's output"
+        }
         _ => return None,
     })
 }

@@ -72,6 +72,7 @@ pub fn run(store: &Store, cmd: ImageCommand) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         ImageCommand::Pull(args) => crate::pull::run(store, args),
+        ImageCommand::Build(args) => crate::build::run(store, args),
         ImageCommand::Df { json } => crate::pull::df(store, json),
         ImageCommand::Gc { json } => {
             let r = store.gc()?;

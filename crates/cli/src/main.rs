@@ -4,6 +4,7 @@
 // The command-line front end talks to people on stdout by design.
 #![allow(clippy::print_stdout)]
 
+mod build;
 mod cli;
 mod error;
 mod hostout;

@@ -1,4 +1,4 @@
-//! Progress bars for long work (imports), drawn on stderr only when it is a terminal.
+//! Progress bars for long work (imports, builds), drawn on stderr only when it is a terminal.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,5 +64,60 @@ impl ImportProgress for ImportBar {
     fn layer_reused(&self, diff_id: &Digest) {
         self.bar
             .println(format!("  layer {} already present", diff_id.short()));
+    }
+}
+
+/// A [`BuildProgress`](runbox_image::BuildProgress) spinner: the recipe, the
+/// build phase and the elapsed time; during the import, the layer being unpacked.
+#[derive(Debug)]
+pub struct BuildBar {
+    bar: ProgressBar,
+}
+
+impl BuildBar {
+    /// `label` names what is built (the recipe or image name). Drawn only when
+    /// `enabled` and stderr is a terminal.
+    pub fn new(enabled: bool, label: &str) -> BuildBar {
+        let bar = if enabled && std::io::stderr().is_terminal() {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix}: {msg}")
+                    .expect("static template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix(label.to_owned());
+        bar.set_message("starting");
+        BuildBar { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl runbox_image::BuildProgress for BuildBar {
+    fn phase(&self, phase: runbox_image::BuildPhase, _elapsed: Duration) {
+        let what = match phase {
+            runbox_image::BuildPhase::Resolving => "resolving packages (mmdebstrap)",
+            runbox_image::BuildPhase::Downloading => "downloading packages",
+            runbox_image::BuildPhase::Installing => "installing packages",
+            runbox_image::BuildPhase::Packing => "packing the layers",
+            runbox_image::BuildPhase::Importing => "importing into the store",
+        };
+        self.bar.set_message(what);
+    }
+    fn import_progress(&self) -> &dyn ImportProgress {
+        self
+    }
+}
+
+impl ImportProgress for BuildBar {
+    fn layer_unpack_started(&self, diff_id: &Digest) {
+        self.bar
+            .set_message(format!("importing: unpacking layer {}", diff_id.short()));
     }
 }
