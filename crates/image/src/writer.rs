@@ -1,6 +1,6 @@
 //! Writing OCI image layouts and OCI archives, deterministically: entries sorted,
 //! fixed mtimes, fixed owners unless given. Used by tests (through
-//! `runbox-testkit`) and meant for a future `runbox image build`.
+//! `runbox-testkit`) and by image builds (`crate::build`).
 //!
 //! ```no_run
 //! use runbox_image::writer::{ImageSpec, LayerCompression, LayoutWriter, Tree};
