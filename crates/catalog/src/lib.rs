@@ -303,8 +303,13 @@ impl Catalog {
         }
         inputs.extend(req.inputs);
         let stdin = match req.stdin {
-            Some(_) if !p.stdin.accepted => {
-                return Err(CatalogError::Request(format!("{id} does not read stdin")))
+            // An empty stdin (a CLI run from /dev/null, say) is no input at all.
+            Some(s) if !p.stdin.accepted && s.0.is_empty() => None,
+            Some(s) if !p.stdin.accepted => {
+                return Err(CatalogError::Request(format!(
+                    "{id} does not read stdin, but {} bytes were given (the CLI sends its stdin unless --no-stdin)",
+                    s.0.len()
+                )))
             }
             Some(s) => Some(s),
             None => p.stdin.example.clone(),

@@ -319,6 +319,22 @@ fn a_program_request_cannot_carry_its_own_command_image_or_user() {
 }
 
 #[test]
+fn an_empty_stdin_to_a_program_that_reads_none_is_no_stdin() {
+    let (_d, c) = tool_catalog("");
+    let mut r = request(&[]);
+    r.stdin = Some(Data::from(""));
+    assert_eq!(c.resolve(r).unwrap().spec.stdin, None);
+    let mut r = request(&[]);
+    r.stdin = Some(Data::from("data"));
+    let e = c.resolve(r).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not read stdin, but 4 bytes were given"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_required_input_without_example_must_be_given() {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("programs")).unwrap();

@@ -31,6 +31,11 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// A program catalog directory (programs/*.toml, images/*.toml); default: the
+    /// catalog built into runbox.
+    #[arg(long, global = true, env = "RUNBOX_CATALOG", value_name = "DIR")]
+    pub catalog: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,6 +57,52 @@ pub enum Command {
     /// Run a JSON-lines scenario: one command per line, one JSON response per line.
     /// Exits 0 when every command succeeded, 1 when any failed.
     Script(ScriptArgs),
+    /// List the catalog's programs, or show one (with its options form).
+    Programs(ProgramsArgs),
+    /// Build the catalog's images, or run every program on its examples.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ProgramsArgs {
+    /// Show this program's whole manifest.
+    pub id: Option<String>,
+    /// Only programs in this category.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only programs that read a file (or stdin) of this MIME type.
+    #[arg(long, value_name = "MIME")]
+    pub accepts: Option<String>,
+    /// Only programs that write a file (or stdout) of this MIME type.
+    #[arg(long, value_name = "MIME")]
+    pub produces: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Build the images of every catalog program from their recipes (cached: only
+    /// changed recipes are rebuilt).
+    Build {
+        /// Rebuild even when an image of the same recipe exists.
+        #[arg(long)]
+        force: bool,
+        /// Where mmdebstrap builds each system (default: $TMPDIR or /tmp); a tmpfs
+        /// such as /dev/shm is fastest.
+        #[arg(long, env = "RUNBOX_BUILD_SCRATCH", value_name = "DIR")]
+        scratch_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every program (or the ones named) on its example inputs and check the
+    /// result its manifest expects: the catalog's smoke test.
+    Test {
+        ids: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -150,8 +201,17 @@ pub struct PullArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Image to run: NAME[:TAG], a digest, or an image id prefix.
-    pub image: String,
+    /// Image to run: NAME[:TAG], a digest, or an image id prefix (or --program).
+    #[arg(required_unless_present = "program")]
+    pub image: Option<String>,
+
+    /// Run a catalog program instead of an image (see `runbox programs`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["image", "entrypoint", "workdir", "user"])]
+    pub program: Option<String>,
+
+    /// Set a program option (validated against its options form).
+    #[arg(long = "option", value_name = "NAME=VALUE", requires = "program")]
+    pub options: Vec<String>,
 
     /// Command and arguments (after `--`); default: the image's Entrypoint and Cmd.
     #[arg(last = true, value_name = "ARGV")]
@@ -275,7 +335,7 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!()
         };
-        assert_eq!(r.image, "img");
+        assert_eq!(r.image.as_deref(), Some("img"));
         assert_eq!(r.argv, ["sh", "-c", "echo"]);
         assert_eq!(
             (r.limits.memory, r.limits.wall_time, r.limits.cpus),

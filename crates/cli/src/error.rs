@@ -30,6 +30,9 @@ pub fn code_of(err: &anyhow::Error) -> ErrorCode {
         if let Some(e) = cause.downcast_ref::<runbox_engine::EngineError>() {
             return e.code();
         }
+        if let Some(e) = cause.downcast_ref::<runbox_catalog::CatalogError>() {
+            return e.code();
+        }
         if let Some(e) = cause.downcast_ref::<ImageError>() {
             return e.code();
         }

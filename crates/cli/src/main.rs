@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout)]
 
 mod build;
+mod catalog;
 mod cli;
 mod error;
 mod hostout;
@@ -103,10 +104,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         runbox_sandbox::NetnsPool::global().make_ahead(1);
     }
     match cli.command {
-        Command::Run(args) => run::run(&cli.data_dir, *args),
+        Command::Run(args) => run::run(&cli.data_dir, cli.catalog.as_deref(), *args),
         Command::Image(cmd) => {
             image::run(&Store::open(&cli.data_dir, StoreOptions::default())?, cmd)
         }
-        Command::Script(args) => script::run(&cli.data_dir, args),
+        Command::Script(args) => script::run(
+            &cli.data_dir,
+            catalog::load(&cli.data_dir, cli.catalog.as_deref())?,
+            args,
+        ),
+        Command::Programs(args) => catalog::programs(
+            &*catalog::load(&cli.data_dir, cli.catalog.as_deref())?,
+            args,
+        ),
+        Command::Catalog(cmd) => catalog::run(
+            &cli.data_dir,
+            catalog::load(&cli.data_dir, cli.catalog.as_deref())?,
+            cmd,
+        ),
     }
 }

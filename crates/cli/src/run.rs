@@ -48,6 +48,26 @@ fn limits_spec(l: &LimitArgs) -> LimitsSpec {
     }
 }
 
+fn parse_options(opts: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for o in opts {
+        let (k, v) = o.split_once('=').ok_or_else(|| {
+            CliError::new(
+                ErrorCode::InvalidArgument,
+                format!("--option {o:?}: expected NAME=VALUE"),
+            )
+        })?;
+        if out.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(CliError::new(
+                ErrorCode::InvalidArgument,
+                format!("--option {k} is given twice"),
+            )
+            .into());
+        }
+    }
+    Ok(out)
+}
+
 fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
     let bad = || {
         CliError::new(
@@ -153,7 +173,9 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
         .map(|i| parse_input(i, input_max))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(JobSpec {
-        image: args.image.clone(),
+        image: args.image.clone().unwrap_or_default(),
+        program: args.program.clone(),
+        options: parse_options(&args.options)?,
         argv: (!args.argv.is_empty()).then(|| args.argv.clone()),
         entrypoint: args.entrypoint.as_ref().map(|e| {
             if e.is_empty() {
@@ -173,14 +195,18 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
     })
 }
 
-pub fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> {
+pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: RunArgs) -> anyhow::Result<Exit> {
     // The input limit applies while reading host files, before planning checks it.
     let input_max = args
         .limits
         .input_limit
         .unwrap_or(Limits::default().input_bytes);
     let spec = build_spec(&args, input_max)?;
-    let engine = Engine::open(EngineConfig::new(data_dir))?;
+    let mut cfg = EngineConfig::new(data_dir);
+    if args.program.is_some() {
+        cfg.catalog = Some(crate::catalog::load(data_dir, catalog_dir)?);
+    }
+    let engine = Engine::open(cfg)?;
     let mut result = if args.json {
         engine.run(spec, &mut Quiet)?
     } else {

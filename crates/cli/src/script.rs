@@ -10,7 +10,11 @@ use runbox_script::Driver;
 use crate::cli::ScriptArgs;
 use crate::Exit;
 
-pub fn run(data_dir: &Path, args: ScriptArgs) -> anyhow::Result<Exit> {
+pub fn run(
+    data_dir: &Path,
+    catalog: std::sync::Arc<runbox_catalog::Catalog>,
+    args: ScriptArgs,
+) -> anyhow::Result<Exit> {
     let (input, base): (Box<dyn std::io::BufRead>, _) = if args.file.as_os_str() == "-" {
         (
             Box::new(std::io::stdin().lock()),
@@ -40,6 +44,7 @@ pub fn run(data_dir: &Path, args: ScriptArgs) -> anyhow::Result<Exit> {
     let mut cfg = EngineConfig::new(data_dir);
     // Scripts run many jobs: keep a network namespace ready for the next one.
     cfg.netns_ready = 1;
+    cfg.catalog = Some(catalog);
     let engine = Engine::open(cfg)?;
     let mut driver = Driver::new(&engine, base);
     let summary = driver

@@ -200,7 +200,11 @@ fn malformed_and_failing_lines_are_reported_and_the_script_goes_on() {
         "{:?}",
         err(3)
     );
-    assert!(err(4).1.contains("missing field `image`"), "{:?}", err(4));
+    assert!(
+        err(4).1.contains("give an image or a program to run"),
+        "{:?}",
+        err(4)
+    );
     assert!(err(5).1.contains("no result to check yet"), "{:?}", err(5));
     assert!(
         err(6).1.contains("unknown variable ${undefined}"),

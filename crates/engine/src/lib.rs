@@ -4,7 +4,9 @@
 //! run it in the sandbox backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use runbox_catalog::{Catalog, CatalogError};
 use runbox_core::{ErrorCode, JobResult, JobSpec, Limits, LimitsPolicy};
 use runbox_image::{ImageError, ImageRecord, Store, StoreOptions};
 use runbox_sandbox::{
@@ -22,6 +24,8 @@ pub struct EngineConfig {
     pub policy: LimitsPolicy,
     /// Network namespaces kept ready for jobs (0 in one-shot use).
     pub netns_ready: usize,
+    /// The program catalog `program` jobs are resolved against.
+    pub catalog: Option<Arc<Catalog>>,
 }
 
 impl EngineConfig {
@@ -32,6 +36,7 @@ impl EngineConfig {
             base_limits: Limits::default(),
             policy: host_policy(),
             netns_ready: 0,
+            catalog: None,
         }
     }
 }
@@ -45,6 +50,10 @@ pub enum EngineError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Request(String),
 }
 
 impl EngineError {
@@ -53,6 +62,8 @@ impl EngineError {
             EngineError::Image(e) => e.code(),
             EngineError::Plan(e) => e.code(),
             EngineError::Sandbox(e) => e.code(),
+            EngineError::Catalog(e) => e.code(),
+            EngineError::Request(_) => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -102,8 +113,37 @@ impl Engine {
         &self.cfg
     }
 
-    /// Runs one job in a fresh sandbox and returns its result.
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.cfg.catalog.as_deref()
+    }
+
+    /// Runs one job in a fresh sandbox and returns its result. A job names an image,
+    /// or a catalog program whose manifest supplies the image, command line, default
+    /// inputs and limits.
     pub fn run(&self, spec: JobSpec, events: &mut dyn JobEvents) -> Result<JobResult, EngineError> {
+        let (spec, base) = match (&spec.program, spec.image.is_empty()) {
+            (Some(_), true) => {
+                let catalog = self
+                    .catalog()
+                    .ok_or_else(|| EngineError::Request("no program catalog is loaded".into()))?;
+                let resolved = catalog.resolve(spec)?;
+                (
+                    resolved.spec,
+                    self.cfg.base_limits.overlay(&resolved.defaults),
+                )
+            }
+            (None, false) => (spec, self.cfg.base_limits),
+            (Some(_), false) => {
+                return Err(EngineError::Request(
+                    "give an image or a program, not both".into(),
+                ))
+            }
+            (None, true) => {
+                return Err(EngineError::Request(
+                    "give an image or a program to run".into(),
+                ))
+            }
+        };
         // Held until the job ends, so gc cannot delete the layers it mounts.
         let _lease = self.store.lock_shared()?;
         let record = self.store.resolve(&spec.image)?;
@@ -111,7 +151,7 @@ impl Engine {
             new_job_id(),
             spec,
             run_image(&self.store, &record),
-            &self.cfg.base_limits,
+            &base,
             &self.cfg.policy,
         )?;
         Ok(self.backend.run(&job, events)?)

@@ -211,7 +211,14 @@ pub struct RunCmd {
     /// Name the result for a later `expect` (the last result is used without one).
     #[serde(default)]
     pub name: Option<String>,
+    /// An image, or:
+    #[serde(default)]
     pub image: String,
+    /// a catalog program, with values for its options.
+    #[serde(default)]
+    pub program: Option<String>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     #[serde(default)]
     pub argv: Option<Vec<String>>,
     #[serde(default)]

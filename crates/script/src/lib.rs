@@ -435,6 +435,8 @@ impl<'e> Driver<'e> {
         }
         Ok(JobSpec {
             image: c.image,
+            program: c.program,
+            options: c.options,
             argv: c.argv,
             entrypoint: c.entrypoint,
             env: c.env,
