@@ -68,7 +68,7 @@ pub enum CatalogError {
 impl CatalogError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            CatalogError::UnknownProgram(_) => ErrorCode::ImageNotFound,
+            CatalogError::UnknownProgram(_) => ErrorCode::ProgramNotFound,
             CatalogError::Option(_) | CatalogError::Request(_) => ErrorCode::InvalidArgument,
             CatalogError::Io { .. } => ErrorCode::Io,
             _ => ErrorCode::ImageInvalid,

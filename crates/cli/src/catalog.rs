@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use runbox_catalog::{Catalog, Program, Query};
-use runbox_core::{ErrorCode, JobSpec};
+use runbox_core::JobSpec;
 use runbox_engine::{Engine, EngineConfig};
 use runbox_sandbox::NoEvents;
 
 use crate::cli::{CatalogCommand, ProgramsArgs};
-use crate::error::CliError;
 use crate::{print_json, Exit};
 
 /// The catalog: `--catalog DIR`, else the built-in one, written out under the data
@@ -193,6 +192,9 @@ fn test(
     ids: &[String],
     json: bool,
 ) -> anyhow::Result<Exit> {
+    for id in ids {
+        catalog.get(id)?;
+    }
     let mut cfg = EngineConfig::new(data_dir);
     cfg.catalog = Some(catalog.clone());
     cfg.netns_ready = 1;
@@ -259,16 +261,6 @@ fn test(
             );
         }
         outcomes.push(o);
-    }
-    if ids
-        .iter()
-        .any(|id| !catalog.programs().any(|p| &p.id == id))
-    {
-        return Err(CliError::new(
-            ErrorCode::ImageNotFound,
-            format!("no such program among {ids:?}"),
-        )
-        .into());
     }
     if json {
         print_json(&outcomes)?;

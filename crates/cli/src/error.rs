@@ -58,6 +58,7 @@ pub fn hint(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::ImageNotFound => {
             "list images with `runbox image ls`; add one with `runbox image import PATH` or `runbox image pull REF`"
         }
+        ErrorCode::ProgramNotFound => "list the catalog's programs with `runbox programs`",
         ErrorCode::CommandNotFound => {
             "check the command name and the image's PATH; give the command after `--`"
         }

@@ -27,7 +27,14 @@ fn runbox(args: &[&str]) -> Output {
         .env("RUNBOX_DATA_DIR", data_dir())
         .env_remove("RUNBOX_CATALOG")
         // dpkg's synced writes make a disk-backed scratch directory 2-3x slower.
-        .env("RUNBOX_BUILD_SCRATCH", "/dev/shm")
+        .env(
+            "RUNBOX_BUILD_SCRATCH",
+            if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm"
+            } else {
+                "/tmp"
+            },
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -183,5 +190,27 @@ fn programs_are_listed_and_queried_by_mime_type() {
         text(&out.stderr).contains("no program \"nope\""),
         "{}",
         text(&out.stderr)
+    );
+    let out = runbox(&["run", "--json", "--program", "nope"]);
+    assert_eq!(json(&out)["error"]["code"], "program_not_found");
+}
+
+#[test]
+fn a_program_whose_image_is_not_built_says_how_to_build_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runbox"))
+        .args(["run", "--json", "--program", "python"])
+        .env("RUNBOX_DATA_DIR", empty.path())
+        .env_remove("RUNBOX_CATALOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    let e = json(&out);
+    assert_eq!(e["error"]["code"], "image_not_found");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("runbox/python:3-bookworm") && msg.contains("runbox catalog build"),
+        "{msg}"
     );
 }

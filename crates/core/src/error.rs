@@ -17,6 +17,8 @@ pub enum ErrorCode {
     InvalidPath,
     /// No image with that name or digest is in the store.
     ImageNotFound,
+    /// No program with that id is in the catalog.
+    ProgramNotFound,
     /// The image file or layout is malformed, hostile, or fails verification.
     ImageInvalid,
     /// The image store is being changed by another process.
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::InputUnreadable => "input_unreadable",
             ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::ProgramNotFound => "program_not_found",
             ErrorCode::ImageInvalid => "image_invalid",
             ErrorCode::StoreBusy => "store_busy",
             ErrorCode::CommandNotFound => "command_not_found",

@@ -54,6 +54,8 @@ pub enum EngineError {
     Catalog(#[from] CatalogError),
     #[error("{0}")]
     Request(String),
+    #[error("program {program}'s image {image} is not in the store; build the catalog's images with `runbox catalog build`")]
+    ProgramImageMissing { program: String, image: String },
 }
 
 impl EngineError {
@@ -64,6 +66,7 @@ impl EngineError {
             EngineError::Sandbox(e) => e.code(),
             EngineError::Catalog(e) => e.code(),
             EngineError::Request(_) => ErrorCode::InvalidArgument,
+            EngineError::ProgramImageMissing { .. } => ErrorCode::ImageNotFound,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Engine {
     /// or a catalog program whose manifest supplies the image, command line, default
     /// inputs and limits.
     pub fn run(&self, spec: JobSpec, events: &mut dyn JobEvents) -> Result<JobResult, EngineError> {
+        let program = spec.program.clone();
         let (spec, base) = match (&spec.program, spec.image.is_empty()) {
             (Some(_), true) => {
                 let catalog = self
@@ -146,7 +150,15 @@ impl Engine {
         };
         // Held until the job ends, so gc cannot delete the layers it mounts.
         let _lease = self.store.lock_shared()?;
-        let record = self.store.resolve(&spec.image)?;
+        let record = match (self.store.resolve(&spec.image), program) {
+            (Err(ImageError::NotFound { .. }), Some(program)) => {
+                return Err(EngineError::ProgramImageMissing {
+                    program,
+                    image: spec.image,
+                })
+            }
+            (r, _) => r?,
+        };
         let job = plan(
             new_job_id(),
             spec,
