@@ -33,10 +33,11 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<Exit> {
         );
     } else {
         println!(
-            "{}: built {} ({size}, {} layers) in {:.1} s",
+            "{}: built {} ({size}, {} layer{}) in {:.1} s",
             recipe.name(),
             img.short_id(),
             img.layers.len(),
+            if img.layers.len() == 1 { "" } else { "s" },
             report.seconds
         );
     }

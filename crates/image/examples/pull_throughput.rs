@@ -158,7 +158,9 @@ fn main() {
 }
 
 fn flush() {
-    let ok = std::process::Command::new("sync").status().map(|s| s.success());
+    let ok = std::process::Command::new("sync")
+        .status()
+        .map(|s| s.success());
     assert!(matches!(ok, Ok(true)), "sync failed");
 }
 
