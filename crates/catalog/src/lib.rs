@@ -114,14 +114,6 @@ impl Catalog {
     pub fn load(dir: impl Into<PathBuf>) -> Result<Catalog, CatalogError> {
         let dir = dir.into();
         let programs_dir = dir.join("programs");
-        let io = |context, path: &Path| {
-            let path = path.to_owned();
-            move |source| CatalogError::Io {
-                context,
-                path,
-                source,
-            }
-        };
         let mut files: Vec<PathBuf> = std::fs::read_dir(&programs_dir)
             .map_err(io("reading", &programs_dir))?
             .flatten()
@@ -349,18 +341,20 @@ pub fn default_files() -> &'static [(&'static str, &'static [u8])] {
     embedded::FILES
 }
 
+/// Maps an I/O error on `path` to a [`CatalogError::Io`] saying what was being done.
+fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError {
+    let path = path.to_owned();
+    move |source| CatalogError::Io {
+        context,
+        path,
+        source,
+    }
+}
+
 /// Writes the compiled-in default catalog to `dir` (replacing what is there when
 /// it differs) and returns `dir`.
 pub fn extract_default(dir: &Path) -> Result<PathBuf, CatalogError> {
     use fingerprint::digest_of;
-    let io = |context, path: &Path| {
-        let path = path.to_owned();
-        move |source| CatalogError::Io {
-            context,
-            path,
-            source,
-        }
-    };
     let want = digest_of(embedded::FILES);
     let stamp = dir.join(".runbox-catalog");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {

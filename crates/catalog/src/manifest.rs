@@ -456,16 +456,32 @@ impl Program {
     }
 }
 
+const KINDS: [&str; 4] = ["checkbox", "select", "number", "text"];
+
 fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
     let f = |s: &str| format!("options[{i}].{s}");
     check_id(&f("name"), &o.name)?;
-    let only = |present: bool, what: &str, kinds: &str| -> Result<(), ManifestError> {
-        if present {
-            Err(bad(f(what), format!("only {kinds} options have {what:?}")))
-        } else {
-            Ok(())
+    // Which fields each kind of option may have: a field of another kind is a
+    // mistake worth naming, not something to ignore.
+    let fields: [(&str, bool, &[&str]); 7] = [
+        ("choices", o.choices.is_some(), &["select"]),
+        ("argv", o.argv.is_some(), &["checkbox", "number", "text"]),
+        ("min", o.min.is_some(), &["number"]),
+        ("max", o.max.is_some(), &["number"]),
+        ("integer", o.integer.is_some(), &["number"]),
+        ("pattern", o.pattern.is_some(), &["text"]),
+        ("max_length", o.max_length.is_some(), &["text"]),
+    ];
+    if KINDS.contains(&o.kind.as_str()) {
+        for (name, present, kinds) in fields {
+            if present && !kinds.contains(&o.kind.as_str()) {
+                return Err(bad(
+                    f(name),
+                    format!("only {} options have {name:?}", kinds.join(", ")),
+                ));
+            }
         }
-    };
+    }
     let fragments = |argv: Option<Vec<String>>| -> Result<Vec<String>, ManifestError> {
         let v =
             argv.ok_or_else(|| bad(f("argv"), "missing: the argv fragments this option adds"))?;
@@ -476,17 +492,6 @@ fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
     };
     let kind = match o.kind.as_str() {
         "checkbox" => {
-            only(o.choices.is_some(), "choices", "select")?;
-            only(
-                o.min.is_some() || o.max.is_some() || o.integer.is_some(),
-                "min",
-                "number",
-            )?;
-            only(
-                o.pattern.is_some() || o.max_length.is_some(),
-                "pattern",
-                "text",
-            )?;
             let default = match o.default {
                 None => false,
                 Some(toml::Value::Boolean(b)) => b,
@@ -498,17 +503,6 @@ fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
             }
         }
         "select" => {
-            only(o.argv.is_some(), "argv", "checkbox, number and text")?;
-            only(
-                o.min.is_some() || o.max.is_some() || o.integer.is_some(),
-                "min",
-                "number",
-            )?;
-            only(
-                o.pattern.is_some() || o.max_length.is_some(),
-                "pattern",
-                "text",
-            )?;
             let choices = o
                 .choices
                 .ok_or_else(|| bad(f("choices"), "missing: a select needs choices"))?;
@@ -546,12 +540,6 @@ fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
             }
         }
         "number" => {
-            only(o.choices.is_some(), "choices", "select")?;
-            only(
-                o.pattern.is_some() || o.max_length.is_some(),
-                "pattern",
-                "text",
-            )?;
             let (min, max) = match (o.min, o.max) {
                 (Some(a), Some(b)) if a.is_finite() && b.is_finite() && a <= b => (a, b),
                 _ => {
@@ -583,12 +571,6 @@ fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
             }
         }
         "text" => {
-            only(o.choices.is_some(), "choices", "select")?;
-            only(
-                o.min.is_some() || o.max.is_some() || o.integer.is_some(),
-                "min",
-                "number",
-            )?;
             let pattern = o.pattern.ok_or_else(|| {
                 bad(
                     f("pattern"),
@@ -623,7 +605,7 @@ fn option(i: usize, o: OptionWire) -> Result<OptionField, ManifestError> {
         other => {
             return Err(bad(
                 f("type"),
-                format!("{other:?} is not one of checkbox, select, number, text"),
+                format!("{other:?} is not one of {}", KINDS.join(", ")),
             ))
         }
     };

@@ -190,7 +190,15 @@ fn bad_manifests_are_refused_naming_the_field() {
         ),
         (
             GOOD.replace("type = \"select\"", "type = \"select\"\npattern = \"x\""),
-            "options[1].pattern",
+            "options[1].pattern: only text options have \"pattern\"",
+        ),
+        (
+            GOOD.replace("type = \"select\"", "type = \"select\"\nargv = [\"-x\"]"),
+            "options[1].argv: only checkbox, number, text options have \"argv\"",
+        ),
+        (
+            GOOD.replace("type = \"number\"", "type = \"number\"\nmax_length = 3"),
+            "options[0].max_length",
         ),
         (
             with("[[options]]\nname = \"level\"\ntype = \"checkbox\"\nargv = []"),

@@ -153,12 +153,7 @@ fn build(
         if !json {
             println!(
                 "{name}: {} {} ({}){}",
-                report
-                    .image
-                    .names
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("?"),
+                report.image.display_name(),
                 report.image.short_id(),
                 crate::units::human_bytes(report.image.size_bytes),
                 if report.cached {

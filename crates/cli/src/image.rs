@@ -100,11 +100,7 @@ fn import(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyho
         print_json(&report)?;
     } else {
         let img = &report.image;
-        let name = img
-            .names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| img.manifest_digest.to_string());
+        let name = img.display_name();
         if report.already_present {
             println!("{name}: already present ({})", img.short_id());
         } else {

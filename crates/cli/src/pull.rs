@@ -45,11 +45,7 @@ pub fn run(store: &Store, args: PullArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     let img = &report.image;
-    let name = img
-        .names
-        .first()
-        .cloned()
-        .unwrap_or_else(|| img.manifest_digest.to_string());
+    let name = img.display_name();
     let secs = started.elapsed().as_secs_f64();
     if report.already_present {
         println!(

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use runbox_image::writer::{ImageSpec, LayerCompression, LayoutWriter, Tree};
 use runbox_image::{ImportOptions, NoProgress, Store, StoreOptions};
 
 fn import(store_dir: &Path, layout: &Path, label: &str) {
@@ -46,7 +45,7 @@ fn main() {
     let files = args.get(1).copied().unwrap_or(20_000);
     let layers = args.get(2).copied().unwrap_or(4);
     if let Some(dir) = std::env::var_os("BUILD_ONLY") {
-        build(Path::new(&dir), mb, files, layers);
+        runbox_testkit::oci::synthetic_layout(Path::new(&dir), mb, files, layers);
         return;
     }
     let tmp =
@@ -87,33 +86,4 @@ fn main() {
         "peak memory of the importing process: {}",
         hwm.trim_start_matches("VmHWM:").trim()
     );
-}
-
-/// Writes a synthetic layout: pseudo-random (half compressible) file content.
-fn build(layout: &Path, mb: u64, files: u64, layers: u64) {
-    let per_file = (mb * 1_000_000 / files) as usize;
-    let mut w = LayoutWriter::create(layout).expect("layout");
-    let mut state = 0x9e3779b97f4a7c15u64;
-    for l in 0..layers {
-        let mut tree = Tree::new();
-        let n = files / layers;
-        for i in 0..n {
-            let dir = format!("l{l}/d{}", i / 100);
-            tree.dir(&format!("l{l}"), 0o755).dir(&dir, 0o755);
-            let mut buf = vec![0u8; per_file];
-            for chunk in buf.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let b = state.to_le_bytes();
-                chunk.copy_from_slice(&b[..chunk.len()]);
-            }
-            let half = buf.len() / 2;
-            buf[..half].fill(b'a');
-            tree.file(&format!("{dir}/f{i}"), 0o644, buf);
-        }
-        w.add_layer_tree(&tree, LayerCompression::Gzip)
-            .expect("layer");
-    }
-    w.finish(&ImageSpec::default()).expect("finish");
 }

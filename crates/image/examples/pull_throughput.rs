@@ -10,13 +10,13 @@
 //! `cargo run --release -p runbox-image --example pull_throughput [MB] [FILES] [LAYERS]`
 #![allow(clippy::print_stdout)]
 
-use std::path::Path;
 use std::time::Instant;
 
-use runbox_image::writer::{ImageSpec, LayerCompression, LayoutWriter, Tree, WrittenImage};
+use runbox_image::writer::{ImageSpec, LayoutWriter};
 use runbox_image::{
     ImageConfig, ImportOptions, NoProgress, PullOptions, PullReport, Store, StoreOptions,
 };
+use runbox_testkit::oci::synthetic_layout;
 use runbox_testkit::registry::TestRegistry;
 
 fn pull(store: &Store, reference: &str, label: &str) -> PullReport {
@@ -55,7 +55,7 @@ fn main() {
     let layout = tmp.path().join("layout");
 
     let t = Instant::now();
-    let first = build(&layout, mb, files, layers);
+    let first = synthetic_layout(&layout, mb, files, layers);
     let compressed: u64 = first.layers.iter().map(|l| l.size).sum();
     println!(
         "built the synthetic layout ({mb} MB in {files} files, {layers} layers, {:.1} MB compressed) in {:.1} s",
@@ -162,33 +162,4 @@ fn flush() {
         .status()
         .map(|s| s.success());
     assert!(matches!(ok, Ok(true)), "sync failed");
-}
-
-/// Writes a synthetic layout: pseudo-random (half compressible) file content.
-fn build(layout: &Path, mb: u64, files: u64, layers: u64) -> WrittenImage {
-    let per_file = (mb * 1_000_000 / files) as usize;
-    let mut w = LayoutWriter::create(layout).expect("layout");
-    let mut state = 0x9e3779b97f4a7c15u64;
-    for l in 0..layers {
-        let mut tree = Tree::new();
-        let n = files / layers;
-        for i in 0..n {
-            let dir = format!("l{l}/d{}", i / 100);
-            tree.dir(&format!("l{l}"), 0o755).dir(&dir, 0o755);
-            let mut buf = vec![0u8; per_file];
-            for chunk in buf.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let b = state.to_le_bytes();
-                chunk.copy_from_slice(&b[..chunk.len()]);
-            }
-            let half = buf.len() / 2;
-            buf[..half].fill(b'a');
-            tree.file(&format!("{dir}/f{i}"), 0o644, buf);
-        }
-        w.add_layer_tree(&tree, LayerCompression::Gzip)
-            .expect("layer");
-    }
-    w.finish(&ImageSpec::default()).expect("finish")
 }

@@ -61,6 +61,14 @@ impl ImageRecord {
     pub fn short_id(&self) -> &str {
         self.config_digest.short()
     }
+
+    /// Its first name, or its manifest digest when it has none (pulled by digest).
+    pub fn display_name(&self) -> String {
+        self.names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.manifest_digest.to_string())
+    }
 }
 
 /// This host's platform as OCI names it: `("linux", "amd64")`.

@@ -91,3 +91,34 @@ pub fn write_busybox(layout: &Path, config: ImageConfig) -> WrittenImage {
     })
     .expect("finishing layout")
 }
+
+/// Writes a synthetic layout for throughput measurements: `mb` MB in `files`
+/// files over `layers` gzip layers, each file half pseudo-random, half
+/// compressible.
+pub fn synthetic_layout(layout: &Path, mb: u64, files: u64, layers: u64) -> WrittenImage {
+    let per_file = (mb * 1_000_000 / files) as usize;
+    let mut w = LayoutWriter::create(layout).expect("layout");
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for l in 0..layers {
+        let mut tree = Tree::new();
+        let n = files / layers;
+        for i in 0..n {
+            let dir = format!("l{l}/d{}", i / 100);
+            tree.dir(&format!("l{l}"), 0o755).dir(&dir, 0o755);
+            let mut buf = vec![0u8; per_file];
+            for chunk in buf.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let b = state.to_le_bytes();
+                chunk.copy_from_slice(&b[..chunk.len()]);
+            }
+            let half = buf.len() / 2;
+            buf[..half].fill(b'a');
+            tree.file(&format!("{dir}/f{i}"), 0o644, buf);
+        }
+        w.add_layer_tree(&tree, LayerCompression::Gzip)
+            .expect("layer");
+    }
+    w.finish(&ImageSpec::default()).expect("finish")
+}
