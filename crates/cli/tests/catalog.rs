@@ -214,3 +214,37 @@ fn a_program_whose_image_is_not_built_says_how_to_build_it() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_script_runs_programs_by_id_with_options() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("programs.jsonl");
+    std::fs::write(
+        &script,
+        concat!(
+            r#"{"cmd": "run", "program": "jq", "options": {"compact": "true", "sort_keys": "true"}, "inputs": [{"path": "data.json", "text": "{\"b\": 1, \"a\": [2]}"}, {"path": "filter.jq", "text": "."}]}"#,
+            "\n",
+            r#"{"cmd": "expect", "status": "ok", "stdout": "{\"a\":[2],\"b\":1}\n"}"#,
+            "\n",
+            r#"{"cmd": "run", "program": "python", "inputs": [{"path": "main.py", "text": "import sys; print(sys.stdin.read().upper())"}], "stdin": "shout"}"#,
+            "\n",
+            r#"{"cmd": "expect", "stdout": "SHOUT\n"}"#,
+            "\n",
+            r#"{"cmd": "expect_error", "code": "invalid_argument", "message": {"contains": "out of range"}, "command": {"cmd": "run", "program": "jq", "options": {"indent": "99"}}}"#,
+            "\n",
+            r#"{"cmd": "expect_error", "code": "program_not_found", "command": {"cmd": "run", "program": "cobol"}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = runbox(&["script", script.to_str().unwrap()]);
+    let responses: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed: Vec<_> = responses.iter().filter(|r| r["ok"] != true).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(responses.len(), 6);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+}
