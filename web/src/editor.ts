@@ -1,0 +1,199 @@
+// CodeMirror 6: one view, one state per input file (each with its own undo history),
+// the language picked by the input's MIME type and loaded on demand.
+
+import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
+import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirror/commands";
+import {
+  HighlightStyle,
+  LanguageSupport,
+  StreamLanguage,
+  bracketMatching,
+  indentOnInput,
+  indentUnit,
+  syntaxHighlighting,
+} from "@codemirror/language";
+import { highlightSelectionMatches, search, searchKeymap } from "@codemirror/search";
+import { Compartment, EditorState, type Extension } from "@codemirror/state";
+import {
+  EditorView,
+  crosshairCursor,
+  drawSelection,
+  highlightActiveLine,
+  highlightActiveLineGutter,
+  highlightSpecialChars,
+  keymap,
+  lineNumbers,
+  rectangularSelection,
+} from "@codemirror/view";
+import { tags as t } from "@lezer/highlight";
+
+// Colours come from CSS variables, so the editor follows the page's light/dark scheme.
+const highlight = HighlightStyle.define([
+  { tag: [t.keyword, t.controlKeyword, t.moduleKeyword, t.operatorKeyword, t.definitionKeyword], color: "var(--syn-keyword)" },
+  { tag: [t.string, t.special(t.string), t.regexp], color: "var(--syn-string)" },
+  { tag: [t.number, t.bool, t.null, t.atom], color: "var(--syn-number)" },
+  { tag: [t.comment, t.lineComment, t.blockComment, t.docComment], color: "var(--syn-comment)", fontStyle: "italic" },
+  { tag: [t.function(t.variableName), t.function(t.propertyName), t.macroName], color: "var(--syn-function)" },
+  { tag: [t.definition(t.variableName), t.definition(t.propertyName)], color: "var(--syn-def)" },
+  { tag: [t.typeName, t.className, t.namespace, t.standard(t.typeName)], color: "var(--syn-type)" },
+  { tag: [t.propertyName, t.attributeName], color: "var(--syn-property)" },
+  { tag: [t.processingInstruction, t.meta, t.annotation], color: "var(--syn-meta)" },
+  { tag: [t.operator, t.punctuation, t.bracket], color: "var(--syn-punct)" },
+  { tag: [t.special(t.variableName), t.self], color: "var(--syn-keyword)" },
+  { tag: t.invalid, color: "var(--bad)" },
+  { tag: t.strong, fontWeight: "bold" },
+  { tag: t.emphasis, fontStyle: "italic" },
+]);
+
+const theme = EditorView.theme({
+  "&": { height: "100%", fontSize: "var(--code-size)", backgroundColor: "var(--editor-bg)", color: "var(--fg)" },
+  ".cm-scroller": { fontFamily: "var(--mono)", lineHeight: "1.5" },
+  ".cm-content": { caretColor: "var(--fg)" },
+  ".cm-cursor, .cm-dropCursor": { borderLeftColor: "var(--fg)" },
+  ".cm-gutters": { backgroundColor: "var(--editor-bg)", color: "var(--muted)", border: "none" },
+  ".cm-activeLine": { backgroundColor: "var(--active-line)" },
+  ".cm-activeLineGutter": { backgroundColor: "var(--active-line)", color: "var(--fg)" },
+  "&.cm-focused > .cm-scroller > .cm-selectionLayer .cm-selectionBackground, .cm-selectionBackground, .cm-content ::selection":
+    { backgroundColor: "var(--selection)" },
+  ".cm-matchingBracket": { backgroundColor: "var(--bracket)", outline: "none" },
+  ".cm-searchMatch": { backgroundColor: "var(--search-match)" },
+  ".cm-panels": { backgroundColor: "var(--panel)", color: "var(--fg)" },
+  ".cm-panels.cm-panels-bottom": { borderTop: "1px solid var(--border)" },
+  ".cm-textfield": { backgroundColor: "var(--bg)", color: "var(--fg)", border: "1px solid var(--border)" },
+  ".cm-button": { backgroundImage: "none", backgroundColor: "var(--panel)", color: "var(--fg)", border: "1px solid var(--border)" },
+});
+
+type Loader = () => Promise<Extension>;
+const legacy = (load: () => Promise<Parameters<typeof StreamLanguage.define>[0]>): Loader => async () =>
+  new LanguageSupport(StreamLanguage.define(await load()));
+
+/** Which language each MIME type gets; anything else is plain text. */
+const LANGUAGES: Record<string, Loader> = {
+  "text/x-python": () => import("@codemirror/lang-python").then((m) => m.python()),
+  "text/x-csrc": () => import("@codemirror/lang-cpp").then((m) => m.cpp()),
+  "text/x-c++src": () => import("@codemirror/lang-cpp").then((m) => m.cpp()),
+  "text/x-chdr": () => import("@codemirror/lang-cpp").then((m) => m.cpp()),
+  "text/x-c++hdr": () => import("@codemirror/lang-cpp").then((m) => m.cpp()),
+  "application/sql": () => import("@codemirror/lang-sql").then((m) => m.sql({ dialect: m.SQLite })),
+  "application/json": () => import("@codemirror/lang-json").then((m) => m.json()),
+  "text/x-shellscript": legacy(() => import("@codemirror/legacy-modes/mode/shell").then((m) => m.shell)),
+  "application/x-sh": legacy(() => import("@codemirror/legacy-modes/mode/shell").then((m) => m.shell)),
+};
+
+export function languageName(mime: string): string | null {
+  return (
+    {
+      "text/x-python": "Python",
+      "text/x-csrc": "C",
+      "text/x-chdr": "C",
+      "text/x-c++src": "C++",
+      "text/x-c++hdr": "C++",
+      "application/sql": "SQL",
+      "application/json": "JSON",
+      "text/x-shellscript": "Shell",
+      "application/x-sh": "Shell",
+    } as Record<string, string>
+  )[mime] ?? null;
+}
+
+const loaded = new Map<string, Promise<Extension>>();
+function loadLanguage(mime: string): Promise<Extension> {
+  const loader = LANGUAGES[mime];
+  if (!loader) return Promise.resolve([]);
+  let p = loaded.get(mime);
+  if (!p) {
+    p = loader().catch((e) => {
+      console.error(`could not load the editor language for ${mime}`, e);
+      return [];
+    });
+    loaded.set(mime, p);
+  }
+  return p;
+}
+
+export class CodeEditor {
+  readonly view: EditorView;
+  private language = new Compartment();
+  private states = new Map<string, EditorState>();
+  private current: string | null = null;
+  private generation = 0;
+  private onChange: () => void;
+
+  constructor(parent: HTMLElement, onChange: () => void) {
+    this.onChange = onChange;
+    this.view = new EditorView({ parent, state: this.makeState("") });
+  }
+
+  private extensions(): Extension[] {
+    return [
+      lineNumbers(),
+      highlightActiveLineGutter(),
+      highlightSpecialChars(),
+      history(),
+      drawSelection(),
+      EditorState.allowMultipleSelections.of(true),
+      indentOnInput(),
+      indentUnit.of("    "),
+      syntaxHighlighting(highlight),
+      bracketMatching(),
+      closeBrackets(),
+      rectangularSelection(),
+      crosshairCursor(),
+      highlightActiveLine(),
+      highlightSelectionMatches(),
+      search({ top: false }),
+      keymap.of([...closeBracketsKeymap, ...defaultKeymap, ...searchKeymap, ...historyKeymap, indentWithTab]),
+      theme,
+      EditorView.contentAttributes.of({ "aria-label": "Code editor", spellcheck: "false" }),
+      EditorView.updateListener.of((u) => {
+        if (u.docChanged) this.onChange();
+      }),
+    ];
+  }
+
+  private makeState(doc: string): EditorState {
+    return EditorState.create({ doc, extensions: [...this.extensions(), this.language.of([])] });
+  }
+
+  /** Replaces every file: key → {text, mime}. Languages load in the background. */
+  setFiles(files: { key: string; text: string; mime: string }[]) {
+    const generation = ++this.generation;
+    this.states.clear();
+    this.current = null;
+    for (const f of files) {
+      this.states.set(f.key, this.makeState(f.text));
+      void loadLanguage(f.mime).then((lang) => {
+        if (generation === this.generation) this.setLanguage(f.key, lang);
+      });
+    }
+  }
+
+  /** Installs a loaded language into one file's state, shown or not. */
+  private setLanguage(key: string, lang: Extension) {
+    const effects = this.language.reconfigure(lang);
+    if (this.current === key) {
+      this.view.dispatch({ effects });
+    } else {
+      const st = this.states.get(key);
+      if (st) this.states.set(key, st.update({ effects }).state);
+    }
+  }
+
+  show(key: string) {
+    if (this.current !== null) this.states.set(this.current, this.view.state);
+    const st = this.states.get(key);
+    if (!st) return;
+    this.current = key;
+    this.view.setState(st);
+  }
+
+  text(key: string): string {
+    if (key === this.current) return this.view.state.doc.toString();
+    return this.states.get(key)?.doc.toString() ?? "";
+  }
+
+  focus() {
+    this.view.focus();
+  }
+}
+
