@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// One field of the form.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OptionField {
     /// The key in `--option NAME=VALUE` and in the API's `options` map.
     pub name: String,
@@ -19,7 +19,7 @@ pub struct OptionField {
 
 /// What kind of field, with its constraints and argv fragments. `{value}` in a
 /// fragment stands for the value given.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OptionKind {
     /// On: `argv` is added. Off: nothing.
@@ -49,7 +49,7 @@ pub enum OptionKind {
 }
 
 /// A choice of a select field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Choice {
     pub value: String,
     pub label: String,

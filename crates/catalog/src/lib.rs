@@ -197,6 +197,11 @@ impl Catalog {
             .collect()
     }
 
+    /// The store name of the image a recipe builds.
+    pub fn recipe_image_name(&self, recipe: &str) -> String {
+        self.image_names.get(recipe).cloned().unwrap_or_default()
+    }
+
     /// The store name of a program's image.
     pub fn image_name(&self, p: &Program) -> String {
         match (&p.image.recipe, &p.image.reference) {

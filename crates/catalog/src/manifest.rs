@@ -15,7 +15,7 @@ use crate::form::{Choice, OptionField, OptionKind};
 use crate::mime;
 
 /// A validated catalog program.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Program {
     pub id: String,
     pub name: String,
@@ -43,7 +43,7 @@ pub struct Program {
 }
 
 /// Where the program's image comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSource {
     /// A recipe in the catalog's `images/` directory, built with `runbox catalog build`.
@@ -55,7 +55,7 @@ pub struct ImageSource {
 }
 
 /// An input file the program reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InputDecl {
     /// Relative to the working directory.
     pub path: String,
@@ -67,7 +67,7 @@ pub struct InputDecl {
 }
 
 /// Whether the program reads stdin, and an example.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StdinDecl {
     pub accepted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,7 +77,7 @@ pub struct StdinDecl {
 }
 
 /// A file the program writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputDecl {
     pub path: String,
@@ -85,7 +85,7 @@ pub struct OutputDecl {
 }
 
 /// What running the program on its examples must give (`runbox catalog test`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmokeTest {
     /// Option values for the test run.

@@ -21,15 +21,15 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
 
-    /// Log verbosity (error, warn, info, debug, trace); also RUNBOX_LOG.
-    #[arg(
-        long,
-        global = true,
-        env = "RUNBOX_LOG",
-        default_value = "warn",
-        value_name = "LEVEL"
-    )]
-    pub log: String,
+    /// Log verbosity (error, warn, info, debug, trace, or a tracing filter);
+    /// default: info for `serve`, warn otherwise.
+    #[arg(long, global = true, env = "RUNBOX_LOG", value_name = "LEVEL")]
+    pub log: Option<String>,
+
+    /// Log lines as text or as JSON objects (one per line, with the request's
+    /// fields: client, job id, result key).
+    #[arg(long, global = true, env = "RUNBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// A program catalog directory (programs/*.toml, images/*.toml); default: the
     /// catalog built into runbox.
@@ -47,8 +47,17 @@ unknown image, hostile input, sandbox set-up); 126: the command cannot be
 executed; 127: the command was not found. `runbox script` exits 1 when a command
 failed. Other commands exit 0 or 125.";
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API and the web playground (docs/api.md). Builds the
+    /// catalog's missing images in the background on start.
+    Serve(Box<ServeArgs>),
     /// Run a command in a new sandbox from an image.
     Run(Box<RunArgs>),
     /// Manage the local image store.
@@ -62,6 +71,60 @@ pub enum Command {
     /// Build the catalog's images, or run every program on its examples.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+}
+
+/// `runbox serve`. Every limit has a default good for one machine.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "RUNBOX_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Jobs run at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Jobs that may wait for a worker; past that, new jobs get 503 + Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub queue: usize,
+    /// Largest request body (a JSON or multipart job); larger ones get 413 unread.
+    #[arg(long, default_value = "32m", value_parser = parse_size, value_name = "SIZE")]
+    pub body_limit: u64,
+    /// Time a client has to send a request's head.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub header_timeout: u64,
+    /// Time a client has to send a request's body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub body_timeout: u64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+    /// Jobs a client address may submit per minute (0: no limit).
+    #[arg(long, default_value_t = 120, value_name = "N")]
+    pub rate_limit: u32,
+    /// Jobs a client may submit in a burst before the per-minute rate applies.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub rate_burst: u32,
+    /// A reverse proxy whose X-Forwarded-For is believed (repeat for several).
+    /// Without one, the header is ignored: clients could forge it.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The admin token file (default: DATA_DIR/admin-token, created at first start).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Bytes of stored results (the cache and permalinks) kept; the least
+    /// recently used go first.
+    #[arg(long, default_value = "1g", value_parser = parse_size, value_name = "SIZE")]
+    pub results_max: u64,
+    /// Do not build the catalog's missing images at start.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Where catalog image builds run mmdebstrap (a tmpfs such as /dev/shm is fastest).
+    #[arg(long, env = "RUNBOX_BUILD_SCRATCH", value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod progress;
 mod pull;
 mod run;
 mod script;
+mod serve;
 mod units;
 
 use std::io::Write;
@@ -68,7 +69,15 @@ fn main() -> ExitCode {
             return ExitCode::from(ErrorCode::InvalidArgument.exit_code());
         }
     };
-    init_logging(&cli.log);
+    let level = cli.log.clone().unwrap_or_else(|| {
+        if matches!(cli.command, Command::Serve(_)) {
+            "info"
+        } else {
+            "warn"
+        }
+        .to_owned()
+    });
+    init_logging(&level, cli.log_format);
     match dispatch(cli) {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::Code(c)) => ExitCode::from(c),
@@ -87,14 +96,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = match format {
+        cli::LogFormat::Text => fmt.try_init(),
+        cli::LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
@@ -105,6 +122,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     }
     match cli.command {
         Command::Run(args) => run::run(&cli.data_dir, cli.catalog.as_deref(), *args),
+        Command::Serve(args) => serve::run(&cli.data_dir, cli.catalog.as_deref(), *args),
         Command::Image(cmd) => {
             image::run(&Store::open(&cli.data_dir, StoreOptions::default())?, cmd)
         }

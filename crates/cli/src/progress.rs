@@ -99,6 +99,14 @@ impl BuildBar {
     }
 }
 
+impl Drop for BuildBar {
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
 impl runbox_image::BuildProgress for BuildBar {
     fn phase(&self, phase: runbox_image::BuildPhase, _elapsed: Duration) {
         let what = match phase {

@@ -106,6 +106,40 @@ pub fn from_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     B64.decode(s.as_bytes())
 }
 
+/// In the OpenAPI document: a string, `{"text": ...}` or `{"base64": ...}`.
+impl utoipa::PartialSchema for Data {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let field = |name: &str, doc: &str| {
+            ObjectBuilder::new()
+                .property(
+                    name,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(doc)),
+                )
+                .required(name)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+        };
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("UTF-8 text")),
+            )
+            .item(field("text", "UTF-8 text"))
+            .item(field("base64", "bytes, base64 (standard alphabet, padded)"))
+            .description(Some(
+                "Bytes: a string, {\"text\": ...} or {\"base64\": ...}",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Data {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A malformed option, field or value in the request.
@@ -41,6 +41,24 @@ pub enum ErrorCode {
     ScriptInvalid,
     /// A script's `expect` (or `expect_error`) did not hold.
     ExpectationFailed,
+    /// The HTTP API: an admin endpoint was called without a valid token.
+    Unauthorized,
+    /// The HTTP API: no such job or stored result.
+    NotFound,
+    /// The HTTP API: the program's image is still being built.
+    ImageNotReady,
+    /// The HTTP API: the request body is over the size limit.
+    PayloadTooLarge,
+    /// The HTTP API: the endpoint does not take this method.
+    MethodNotAllowed,
+    /// The HTTP API: the request did not arrive in time.
+    RequestTimeout,
+    /// The HTTP API: a body that is not JSON (or multipart where allowed).
+    UnsupportedMediaType,
+    /// The HTTP API: too many requests from this address; retry later.
+    RateLimited,
+    /// The HTTP API: the job queue is full; retry later.
+    QueueFull,
     /// A bug in runbox.
     Internal,
 }
@@ -64,6 +82,15 @@ impl ErrorCode {
             ErrorCode::BuildFailed => "build_failed",
             ErrorCode::ScriptInvalid => "script_invalid",
             ErrorCode::ExpectationFailed => "expectation_failed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::ImageNotReady => "image_not_ready",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QueueFull => "queue_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -88,7 +115,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The error object printed by `--json` and returned by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,

@@ -9,7 +9,7 @@ use crate::limits::{LimitKind, Limits, LimitsSpec};
 
 /// One request: which image or catalog program, which command, which inputs,
 /// which limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Image reference: `name[:tag]`, `name@sha256:...`, `sha256:...` or a digest prefix.
@@ -53,7 +53,7 @@ pub struct JobSpec {
 }
 
 /// A file placed in the sandbox before the program starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputFile {
     /// Path inside the sandbox; relative paths are under the working directory.
@@ -66,7 +66,9 @@ pub struct InputFile {
 
 /// Network access of a job. Only an own loopback exists today: no route leaves the
 /// sandbox, and the host's loopback services are unreachable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkPolicy {
     #[default]
@@ -74,7 +76,7 @@ pub enum NetworkPolicy {
 }
 
 /// How a job ended. Each limit has its own value, distinct from a non-zero exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Exited with code 0.
@@ -118,7 +120,7 @@ impl JobStatus {
 }
 
 /// The outcome of one job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobResult {
     pub job_id: String,
     pub status: JobStatus,
@@ -172,7 +174,7 @@ fn text_or_base64(bytes: &[u8]) -> (String, Option<String>) {
 }
 
 /// One collected output file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFile {
     /// The path as requested.
     pub path: String,
@@ -192,7 +194,7 @@ pub struct OutputFile {
 }
 
 /// Time spent in each phase, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// From accepting the job to the program's exec (cgroup, namespaces, mounts, inputs).
     pub setup_ms: f64,
@@ -204,7 +206,7 @@ pub struct Timings {
 }
 
 /// Resources the job used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub cpu_time_ms: f64,
     pub cpu_user_ms: f64,

@@ -14,7 +14,7 @@ const GIB: u64 = 1024 * MIB;
 
 /// Fully resolved limits of one job. Every field is enforced, and every cut is
 /// reported in the [`crate::JobResult`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Wall-clock time from exec to exit; the whole sandbox is killed when it runs out.
@@ -65,7 +65,9 @@ impl Default for Limits {
 }
 
 /// A partial set of limits, as a request or a manifest states them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,7 +225,19 @@ impl Limits {
 }
 
 /// Which limit cut a job short, named as in [`crate::JobStatus`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     WallTime,

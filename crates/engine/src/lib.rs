@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use runbox_catalog::{Catalog, CatalogError};
 use runbox_core::{ErrorCode, JobResult, JobSpec, Limits, LimitsPolicy};
-use runbox_image::{ImageError, ImageRecord, Store, StoreOptions};
+use runbox_image::{ImageError, ImageRecord, Store, StoreLease, StoreOptions};
 use runbox_sandbox::{
-    plan, Backend, ImageDefaults, JobEvents, NamespaceBackend, NamespaceConfig, NetnsPool,
+    plan, Backend, ImageDefaults, JobEvents, JobPlan, NamespaceBackend, NamespaceConfig, NetnsPool,
     PlanError, RunImage, SandboxError,
 };
 
@@ -124,6 +124,14 @@ impl Engine {
     /// or a catalog program whose manifest supplies the image, command line, default
     /// inputs and limits.
     pub fn run(&self, spec: JobSpec, events: &mut dyn JobEvents) -> Result<JobResult, EngineError> {
+        let job = self.prepare(spec)?;
+        self.execute(job, events)
+    }
+
+    /// Everything about a job that can fail before it runs: resolving the program
+    /// and the image, planning against the limits. The prepared job holds the store
+    /// (gc waits) until it is executed or dropped, and knows its cache key.
+    pub fn prepare(&self, spec: JobSpec) -> Result<PreparedJob, EngineError> {
         let program = spec.program.clone();
         let (spec, base) = match (&spec.program, spec.image.is_empty()) {
             (Some(_), true) => {
@@ -149,7 +157,7 @@ impl Engine {
             }
         };
         // Held until the job ends, so gc cannot delete the layers it mounts.
-        let _lease = self.store.lock_shared()?;
+        let lease = self.store.lock_shared()?;
         let record = match (self.store.resolve(&spec.image), program) {
             (Err(ImageError::NotFound { .. }), Some(program)) => {
                 return Err(EngineError::ProgramImageMissing {
@@ -159,15 +167,112 @@ impl Engine {
             }
             (r, _) => r?,
         };
-        let job = plan(
+        let plan = plan(
             new_job_id(),
             spec,
             run_image(&self.store, &record),
             &base,
             &self.cfg.policy,
         )?;
-        Ok(self.backend.run(&job, events)?)
+        let cache_key = cache_key(&plan, &record, &self.backend);
+        Ok(PreparedJob {
+            plan,
+            cache_key,
+            image_digest: record.manifest_digest.to_string(),
+            _lease: lease,
+        })
     }
+
+    /// Runs a prepared job in a fresh sandbox.
+    pub fn execute(
+        &self,
+        job: PreparedJob,
+        events: &mut dyn JobEvents,
+    ) -> Result<JobResult, EngineError> {
+        Ok(self.backend.run(&job.plan, events)?)
+    }
+}
+
+/// A job that passed every check and is ready to run: see [`Engine::prepare`].
+#[derive(Debug)]
+pub struct PreparedJob {
+    plan: JobPlan,
+    cache_key: String,
+    image_digest: String,
+    _lease: StoreLease,
+}
+
+impl PreparedJob {
+    /// The job's id (also the `job_id` of its result).
+    pub fn id(&self) -> &str {
+        &self.plan.job_id
+    }
+    /// Hex sha256 of everything that determines the job's output: see [`cache_key`].
+    pub fn cache_key(&self) -> &str {
+        &self.cache_key
+    }
+    /// The manifest digest of the image it runs.
+    pub fn image_digest(&self) -> &str {
+        &self.image_digest
+    }
+    pub fn plan(&self) -> &JobPlan {
+        &self.plan
+    }
+}
+
+/// The result-cache key of a planned job: a sha256 over everything that decides
+/// what the job does, in a length-prefixed encoding (so no two different jobs
+/// encode the same): the key format version, the backend and its version, the
+/// image (manifest digest: config and layers), the final argv, environment,
+/// working directory, user and hostname, stdin, every input file (path, mode,
+/// content), the outputs collected and the resolved limits. The job id is not in
+/// it. Two requests that differ only in how they were written (a program's
+/// default option given explicitly, an input given as text or base64) get the
+/// same key, because the key is taken after resolution and planning.
+pub fn cache_key(plan: &JobPlan, image: &ImageRecord, backend: &dyn Backend) -> String {
+    use sha2::{Digest as _, Sha256};
+    struct Enc(Sha256);
+    impl Enc {
+        fn bytes(&mut self, b: &[u8]) {
+            self.0.update((b.len() as u64).to_le_bytes());
+            self.0.update(b);
+        }
+        fn str(&mut self, s: &str) {
+            self.bytes(s.as_bytes());
+        }
+        fn count(&mut self, n: usize) {
+            self.0.update((n as u64).to_le_bytes());
+        }
+    }
+    let mut e = Enc(Sha256::new());
+    e.str("runbox-cache/1");
+    e.str(backend.name());
+    e.str(&backend.version());
+    e.str(&image.manifest_digest.to_string());
+    e.count(plan.argv.len());
+    plan.argv.iter().for_each(|a| e.str(a));
+    e.count(plan.env.len());
+    for (k, v) in &plan.env {
+        e.str(k);
+        e.str(v);
+    }
+    e.str(&plan.workdir);
+    e.str(&format!("{:?}", plan.user));
+    e.str(&plan.hostname);
+    e.bytes(&plan.stdin);
+    e.count(plan.inputs.len());
+    for i in &plan.inputs {
+        e.str(&i.path);
+        e.0.update(i.mode.to_le_bytes());
+        e.bytes(&i.content);
+    }
+    e.count(plan.outputs.len());
+    for o in &plan.outputs {
+        e.str(&o.requested);
+        e.str(&o.path);
+    }
+    e.str(&serde_json::to_string(&plan.limits).expect("limits serialize"));
+    hex::encode(e.0.finalize())
 }
 
 /// Where the sandbox backend keeps its state under a data directory.

@@ -1,0 +1,46 @@
+//! The OpenAPI document (`GET /api/openapi.json`), generated from the handler
+//! annotations and the request/response types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api;
+use crate::error::ErrorResponse;
+use crate::types::*;
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "runbox", description = "Run untrusted programs in sandboxes: the HTTP API of `runbox serve`. Guide: docs/api.md."),
+    paths(
+        api::programs, api::program, api::catalog, api::run, api::create_job, api::job,
+        api::job_events, api::result, api::delete_result, api::build_catalog, api::gc,
+        api::healthz, api::metrics,
+    ),
+    components(schemas(ErrorResponse, RunRequest, RunResponse, JobAccepted, JobInfo, JobPhase,
+        StoredResult, ProgramInfo, ProgramList, CatalogStatus, ImageBuild, BuildState,
+        BuildRequest, GcSummary, Health)),
+    modifiers(&AdminAuth),
+)]
+pub struct ApiDoc;
+
+struct AdminAuth;
+
+impl Modify for AdminAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("the server's admin token (DATA_DIR/admin-token)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
+}

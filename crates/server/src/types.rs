@@ -1,0 +1,194 @@
+//! The API's request and response bodies (their OpenAPI schemas are derived from
+//! these types).
+
+use runbox_catalog::Program;
+use runbox_core::{ErrorBody, JobResult, JobSpec};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// A job to run: a `JobSpec` (its fields at the top level) plus `cache`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunRequest {
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Answer from the result cache when the same job ran before (default true).
+    /// `false` always runs, and stores the new result.
+    pub cache: bool,
+}
+
+impl RunRequest {
+    /// Parses a JSON body. Unknown fields, wrong types and bad payloads are
+    /// refused naming the field (`inputs[0].content: ...`).
+    pub fn from_json(bytes: &[u8]) -> Result<RunRequest, ApiError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+        let serde_json::Value::Object(mut map) = value else {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON object (a RunRequest)",
+            ));
+        };
+        let cache = match map.remove("cache") {
+            None => true,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "cache: expected true or false, got {other}"
+                )))
+            }
+        };
+        let spec: JobSpec = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    ApiError::bad_request(format!("invalid request: {}", e.inner()))
+                } else {
+                    ApiError::bad_request(format!("{path}: {}", e.inner()))
+                }
+            })?;
+        Ok(RunRequest { spec, cache })
+    }
+}
+
+/// The answer to a job: its result, whether it came from the cache, and the
+/// permalink that shows it again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunResponse {
+    /// The result-cache key and permalink id: a hash of everything that decides
+    /// the job's output.
+    pub key: String,
+    pub cached: bool,
+    /// `/r/{key}`: the playground opened on this result.
+    pub permalink: String,
+    pub result: JobResult,
+}
+
+/// `POST /api/jobs` accepted the job.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobAccepted {
+    pub id: String,
+    pub status: JobPhase,
+    /// `/api/jobs/{id}`.
+    pub url: String,
+    /// `/api/jobs/{id}/events` (Server-Sent Events).
+    pub events_url: String,
+}
+
+/// Where an asynchronous job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+/// `GET /api/jobs/{id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobInfo {
+    pub id: String,
+    pub status: JobPhase,
+    /// Jobs ahead of this one while it is queued.
+    pub position: Option<u64>,
+    /// When `done`.
+    pub response: Option<RunResponse>,
+    /// When `failed`: why the job could not run.
+    pub error: Option<ErrorBody>,
+}
+
+/// `GET /api/results/{key}`: a stored result and the request that made it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StoredResult {
+    pub key: String,
+    pub request: serde_json::Value,
+    pub result: JobResult,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// Times it was served from the cache.
+    pub hits: i64,
+}
+
+/// A catalog program and whether it can run now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProgramInfo {
+    #[serde(flatten)]
+    pub program: Program,
+    /// The image the program runs in.
+    pub image: String,
+    /// Whether that image is in the store (false while it is being built).
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProgramList {
+    pub programs: Vec<ProgramInfo>,
+}
+
+/// Filters for `GET /api/programs`, combined with AND.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramFilter {
+    /// Only this category.
+    pub category: Option<String>,
+    /// Only programs reading a file (or stdin) of this MIME type.
+    pub accepts: Option<String>,
+    /// Only programs writing a file (or stdout) of this MIME type.
+    pub produces: Option<String>,
+}
+
+/// One image of the catalog, and what its build is doing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ImageBuild {
+    pub name: String,
+    pub recipe: String,
+    pub state: BuildState,
+    /// While building: resolving, downloading, installing, packing, importing.
+    pub phase: Option<String>,
+    /// Seconds since its build started (while building, or how long it took).
+    pub elapsed_s: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Ready,
+    Queued,
+    Building,
+    Failed,
+}
+
+/// `GET /api/catalog`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CatalogStatus {
+    pub images: Vec<ImageBuild>,
+}
+
+/// `POST /api/admin/catalog/build`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// Rebuild images whose recipe is unchanged too.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /api/admin/gc`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GcSummary {
+    pub blobs_removed: u64,
+    pub layers_removed: u64,
+    pub bytes_freed: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub workers: usize,
+    pub queued: u64,
+    pub running: u64,
+    pub uptime_s: f64,
+}
