@@ -9,13 +9,14 @@ export function bytes(n: number): string {
     v /= 1024;
     u++;
   } while (v >= 1024 && u < units.length - 1);
-  return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[u]}`;
+  const digits = Number.isInteger(v) || v >= 100 ? 0 : v >= 10 ? 1 : 2;
+  return `${v.toFixed(digits)} ${units[u]}`;
 }
 
 export function ms(n: number): string {
   if (n < 1) return `${n.toFixed(2)} ms`;
   if (n < 1000) return `${n < 10 ? n.toFixed(1) : n.toFixed(0)} ms`;
-  if (n < 60_000) return `${(n / 1000).toFixed(n < 10_000 ? 2 : 1)} s`;
+  if (n < 60_000) return n % 1000 === 0 ? `${n / 1000} s` : `${(n / 1000).toFixed(n < 10_000 ? 2 : 1)} s`;
   const s = Math.round(n / 1000);
   return `${Math.floor(s / 60)} min ${s % 60} s`;
 }

@@ -50,6 +50,8 @@ let draft: Draft | null = null;
 const drafts = new Map<string, Draft>();
 let form: OptionsForm | null = null;
 let running = false;
+/** The permalink this page was opened on, and its program. */
+let restored: { key: string; id: string } | null = null;
 
 // ---- elements ----
 
@@ -77,7 +79,7 @@ const els = {
 
 const editor = new CodeEditor(els.editor, () => undefined);
 const picker = new Picker($("#program-list"), $("#search") as HTMLInputElement, $("#accepts") as HTMLSelectElement, (id) => {
-  pickProgram(id);
+  pickProgram(id, { updateUrl: "push" });
   closeDrawer();
   editor.focus();
 });
@@ -116,17 +118,18 @@ function saveDraft() {
 
 // ---- program selection ----
 
-function pickProgram(id: string, opts: { restore?: StoredResult; updateUrl?: boolean } = {}) {
+function pickProgram(id: string, opts: { restore?: StoredResult; updateUrl?: "push" | "replace" | false } = {}) {
+  if (!opts.restore && id === current?.id) return;
   const p = programs.find((x) => x.id === id);
   if (!p) {
-    showError(new ApiError("program_not_found", `There is no program "${id}" in this catalog.`));
+    showError(new ApiError("program_not_found", `There is no program "${id}" in this catalog.`), "Unknown program:");
     return;
   }
   saveDraft();
   current = p;
   draft = opts.restore ? restoredDraft(p, opts.restore) : (drafts.get(id) ?? freshDraft(p));
   drafts.set(id, draft);
-  if (opts.updateUrl !== false) setUrl(`/#${encodeURIComponent(id)}`);
+  if (opts.updateUrl !== false) setUrl(`/#${encodeURIComponent(id)}`, opts.updateUrl ?? "replace");
   document.title = `${p.name} · runbox playground`;
   picker.select(id);
   clearError();
@@ -151,7 +154,7 @@ function restoredDraft(p: ProgramInfo, stored: StoredResult): Draft {
   }
   if (req.stdin != null) d.stdin = dataText(req.stdin) ?? "";
   d.options = { ...d.options, ...(req.options ?? {}) };
-  d.shown = { result: stored.result, cached: true, stored: { created_at: stored.created_at, hits: stored.hits } };
+  d.shown = { result: stored.result, cached: false, stored: { created_at: stored.created_at, hits: stored.hits } };
   d.permalink = `/r/${stored.key}`;
   return d;
 }
@@ -259,8 +262,10 @@ function showTab(path: string) {
   else if (f) editor.show(path);
 }
 
+let binaryUrl: string | null = null;
 function renderBinary(f: FileDraft) {
-  const url = URL.createObjectURL(new Blob([f.data as BlobPart], { type: f.mime }));
+  if (binaryUrl) URL.revokeObjectURL(binaryUrl);
+  const url = (binaryUrl = URL.createObjectURL(new Blob([f.data as BlobPart], { type: f.mime })));
   const input = h("input", {
     type: "file",
     onchange: async () => {
@@ -428,11 +433,12 @@ async function run() {
   els.output.classList.add("is-stale");
   const started = performance.now();
   let phase: JobPhase = "submitting";
+  let announced = "";
   const showPhase = () => {
     const words = { submitting: "Sending", queued: "Queued", running: "Running" }[phase];
-    els.phase.hidden = false;
-    els.phase.textContent = `${words}… ${seconds((performance.now() - started) / 1000)}`;
-    els.run.querySelector(".run-label")!.textContent = phase === "running" ? "Running…" : `${words}…`;
+    els.run.querySelector(".run-label")!.textContent = `${words}… ${seconds((performance.now() - started) / 1000)}`;
+    // Screen readers hear each phase once, not every tick.
+    if (announced !== words) els.phase.textContent = announced = `${words}…`;
   };
   showPhase();
   const ticker = window.setInterval(showPhase, 100);
@@ -448,14 +454,14 @@ async function run() {
       if (location.pathname !== "/") setUrl(`/#${encodeURIComponent(program.id)}`);
     }
   } catch (e) {
-    if (draft === forDraft) showError(e);
+    if (draft === forDraft) showError(e, phase === "submitting" ? "Not run:" : "The run failed:");
   } finally {
     window.clearInterval(ticker);
     running = false;
     els.run.disabled = false;
     els.run.classList.remove("is-running");
     els.run.querySelector(".run-label")!.textContent = "Run";
-    els.phase.hidden = true;
+    els.phase.textContent = "";
     els.output.classList.remove("is-stale");
   }
 }
@@ -479,7 +485,7 @@ function renderOutput() {
   replace(els.output, renderResult(d.shown, current));
 }
 
-function showError(e: unknown) {
+function showError(e: unknown, context = "Not run:") {
   const err = e instanceof ApiError ? e : new ApiError("internal", e instanceof Error ? e.message : String(e));
   let lead = "";
   switch (err.code) {
@@ -495,7 +501,7 @@ function showError(e: unknown) {
       break;
   }
   els.error.hidden = false;
-  replace(els.error, h("strong", null, lead || "Not run: "), err.message, " ", h("code", { class: "error-code" }, err.code));
+  replace(els.error, h("strong", null, lead || `${context} `), err.message, " ", h("code", { class: "error-code" }, err.code));
 }
 
 function clearError() {
@@ -530,8 +536,10 @@ function hideShare() {
 
 // ---- URL ----
 
-function setUrl(url: string) {
-  if (location.pathname + location.search + location.hash !== url) history.replaceState(null, "", url);
+function setUrl(url: string, how: "push" | "replace" = "replace") {
+  if (location.pathname + location.search + location.hash === url) return;
+  if (how === "push") history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
 }
 
 function programFromUrl(): string | null {
@@ -540,10 +548,14 @@ function programFromUrl(): string | null {
   return new URLSearchParams(location.search).get("program");
 }
 
-window.addEventListener("hashchange", () => {
-  const id = programFromUrl();
-  if (id && id !== current?.id) pickProgram(id);
-});
+// The address bar edited by hand, or Back/Forward between programs.
+function followUrl() {
+  const permalink = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
+  const id = permalink ? (restored?.key === decodeURIComponent(permalink[1]) ? restored.id : null) : programFromUrl();
+  if (id && id !== current?.id) pickProgram(id, { updateUrl: false });
+}
+window.addEventListener("hashchange", followUrl);
+window.addEventListener("popstate", followUrl);
 
 // ---- keys, drawer ----
 
@@ -580,6 +592,10 @@ function closeDrawer() {
 }
 els.toggle.addEventListener("click", () => (document.body.classList.contains("drawer-open") ? closeDrawer() : openDrawer()));
 $("#scrim").addEventListener("click", closeDrawer);
+document.addEventListener("click", (e) => {
+  const details = els.buildStatus.querySelector("details");
+  if (details?.open && !details.contains(e.target as Node)) details.open = false;
+});
 
 els.run.addEventListener("click", () => void run());
 els.share.addEventListener("click", () => void share());
@@ -591,12 +607,16 @@ async function start() {
   try {
     programs = await api.programs();
   } catch (e) {
-    showError(e);
-    replace(els.output, h("p", { class: "muted output-empty" }, "The catalog could not be loaded."));
+    showError(e, "Could not load the catalog:");
+    replace(els.output, h("p", { class: "muted output-empty" }, "The catalog could not be loaded. Reload the page to try again."));
     return;
   }
   picker.setPrograms(programs);
   void pollCatalog();
+  if (programs.length === 0) {
+    replace(els.output, h("p", { class: "muted output-empty" }, "The catalog has no programs."));
+    return;
+  }
 
   const permalink = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
   if (permalink) {
@@ -605,23 +625,27 @@ async function start() {
       const stored = await api.result(key);
       const id = stored.request.program;
       if (id && programs.some((p) => p.id === id)) {
+        restored = { key, id };
         pickProgram(id, { restore: stored, updateUrl: false });
         return;
       }
       // Made with an image and argv, or with a program this catalog lacks: show the result alone.
       pickProgram(defaultProgram(), { updateUrl: false });
-      showError(new ApiError("program_not_found", id ? `This result was made with the program "${id}", which this catalog does not have; its output is shown below.` : `This result was made with the image ${stored.request.image ?? "?"}, not a catalog program; its output is shown below.`));
-      replace(els.output, renderResult({ result: stored.result, cached: true, stored: { created_at: stored.created_at, hits: stored.hits } }, null));
+      showError(new ApiError("program_not_found", id ? `This result was made with the program "${id}", which this catalog does not have; its output is shown below.` : `This result was made with the image ${stored.request.image ?? "?"}, not a catalog program; its output is shown below.`), "Shown without its inputs:");
+      replace(els.output, renderResult({ result: stored.result, cached: false, stored: { created_at: stored.created_at, hits: stored.hits } }, null));
       return;
     } catch (e) {
       pickProgram(defaultProgram());
-      showError(e instanceof ApiError && e.code === "not_found" ? new ApiError("not_found", `No stored result ${key}: it may have been deleted.`) : e);
+      showError(
+        e instanceof ApiError && e.code === "not_found" ? new ApiError("not_found", `There is no stored result ${key}: it may have been deleted.`) : e,
+        "Could not open this link:",
+      );
       return;
     }
   }
   const wanted = programFromUrl();
   pickProgram(wanted && programs.some((p) => p.id === wanted) ? wanted : defaultProgram());
-  if (wanted && !programs.some((p) => p.id === wanted)) showError(new ApiError("program_not_found", `There is no program "${wanted}" in this catalog.`));
+  if (wanted && !programs.some((p) => p.id === wanted)) showError(new ApiError("program_not_found", `There is no program "${wanted}" in this catalog.`), "Unknown program:");
 }
 
 function defaultProgram(): string {

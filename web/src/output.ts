@@ -93,7 +93,7 @@ function figures(shown: Shown): HTMLElement {
         { class: "stored muted" },
         "Stored result",
         stored.created_at && [" from ", h("time", { datetime: stored.created_at }, new Date(stored.created_at).toLocaleString())],
-        stored.hits !== undefined && `, opened ${stored.hits} ${stored.hits === 1 ? "time" : "times"}`,
+        stored.hits !== undefined && stored.hits > 0 && `, served from the cache ${stored.hits} ${stored.hits === 1 ? "time" : "times"}`,
         ".",
       ),
   );
