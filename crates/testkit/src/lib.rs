@@ -6,3 +6,4 @@
 pub mod hostile;
 pub mod oci;
 pub mod registry;
+pub mod server;
