@@ -35,8 +35,10 @@ export interface ProgramInfo {
   category: string;
   version: string;
   description: string;
-  /** The image name (a string) per docs/api.md; the manifest form is {recipe} or {reference}. */
-  image?: string | { recipe?: string; reference?: string };
+  /** Where the image comes from (the manifest's form). */
+  image?: { recipe?: string; reference?: string };
+  /** The image's name in the store. */
+  image_name?: string;
   ready?: boolean;
   inputs: InputSpec[];
   stdin?: { accepted: boolean; mime?: string | null; example?: { text: string } | { base64: string } | null };

@@ -288,7 +288,10 @@ function renderBinary(f: FileDraft) {
 
 function imageOf(p: ProgramInfo): CatalogImage | undefined {
   const img = p.image;
-  if (typeof img === "string") return images.find((i) => i.name === img);
+  if (p.image_name) {
+    const byName = images.find((i) => i.name === p.image_name);
+    if (byName) return byName;
+  }
   if (img?.recipe) return images.find((i) => i.recipe === img.recipe);
   if (img?.reference) return images.find((i) => i.name === img.reference);
   return undefined;

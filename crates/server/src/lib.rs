@@ -70,7 +70,7 @@ impl AppState {
         };
         ProgramInfo {
             program: p.clone(),
-            image,
+            image_name: image,
             ready,
         }
     }
@@ -209,6 +209,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     api.merge(ui)
         .fallback(api::not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

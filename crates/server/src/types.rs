@@ -115,8 +115,9 @@ pub struct StoredResult {
 pub struct ProgramInfo {
     #[serde(flatten)]
     pub program: Program,
-    /// The image the program runs in.
-    pub image: String,
+    /// The name of the image the program runs in (the manifest's `image` says
+    /// where it comes from: a recipe or a reference).
+    pub image_name: String,
     /// Whether that image is in the store (false while it is being built).
     pub ready: bool,
 }

@@ -100,6 +100,9 @@ impl TestServer {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        // reqwest is built without a default TLS provider (runbox-image picks
+        // ring); the client speaks plain HTTP, but building one needs a provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -120,6 +123,11 @@ impl TestServer {
             seen: Mutex::new(Vec::new()),
             stderr_log,
         }
+    }
+
+    /// The server process's id (to read its /proc entries: memory, sockets).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's log so far.
