@@ -159,6 +159,29 @@ async function main() {
   checkProblems();
   await shot(page, "graphviz-ran");
 
+  step = "hit a limit and cut the output (shell)";
+  console.log(`- ${step}`);
+  await pickProgram(page, "sh");
+  await until(page, "script.sh tab", () => document.querySelector('.tab[data-path="script.sh"]') !== null);
+  await page.locator(".cm-content").click();
+  await page.keyboard.press("Control+A");
+  await page.keyboard.press("Delete");
+  // 3,000,000 bytes of stdout (over the 1 MiB cap), then past the 5 s wall-clock limit.
+  // (Typed line by line: the editor auto-indents nothing here, but keeps what is typed.)
+  await page.keyboard.type("yes 0123456789 | head -c 3000000");
+  await page.keyboard.press("Enter");
+  await page.keyboard.type(`sleep 60 # ${Date.now()}`);
+  await page.keyboard.press("Control+Enter");
+  await waitForResult(page, "sh");
+  const cut = await until(page, "the wall-clock limit and the cut stdout reported", () => {
+    const status = document.querySelector(".result-status")?.textContent ?? "";
+    const notice = document.querySelector(".stream-stdout .notice-warn")?.textContent ?? "";
+    return /wall-clock time limit/.test(status) && /of 3,000,000 bytes/.test(notice) ? { status, notice } : false;
+  });
+  console.log(`  status: ${JSON.stringify(cut.status)}; notice: ${JSON.stringify(cut.notice)}`);
+  checkProblems();
+  await shot(page, "limits-hit");
+
   step = "share the Python result";
   console.log(`- ${step}`);
   await pickProgram(page, "python");
@@ -194,7 +217,7 @@ async function main() {
 try {
   await main();
   await browser?.close();
-  console.log(`playground: 6 passed, 0 failed (screenshots in ${shots})`);
+  console.log(`playground: 7 passed, 0 failed (screenshots in ${shots})`);
 } catch (e) {
   console.error(`\nplayground test FAILED at step "${step}":\n${e instanceof Mismatch ? e.message : e.stack ?? e}`);
   try {
