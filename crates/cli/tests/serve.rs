@@ -310,13 +310,7 @@ fn binary_files_travel_intact_through_multipart_and_base64() {
                 .mime_str("application/octet-stream")
                 .unwrap(),
         );
-    let r = s.send(
-        "POST",
-        "/api/run",
-        s.client()
-            .post(format!("{}/api/run", s.url))
-            .multipart(form),
-    );
+    let r = s.post_multipart("/api/run", form);
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     let result = &body["result"];
@@ -350,13 +344,7 @@ fn a_multipart_request_without_its_spec_part_first_is_refused() {
     let form = reqwest::blocking::multipart::Form::new()
         .text("data.bin", "x")
         .text("spec", sh("true").to_string());
-    let r = s.send(
-        "POST",
-        "/api/run",
-        s.client()
-            .post(format!("{}/api/run", s.url))
-            .multipart(form),
-    );
+    let r = s.post_multipart("/api/run", form);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("spec"), "{}", r.text());
     assert_eq!(s.metric("runbox_jobs_queued"), 0.0);

@@ -151,6 +151,17 @@ impl TestServer {
         )
     }
 
+    /// POST a multipart form.
+    pub fn post_multipart(&self, path: &str, form: reqwest::blocking::multipart::Form) -> Resp {
+        self.send(
+            "POST",
+            path,
+            self.client
+                .post(format!("{}{path}", self.url))
+                .multipart(form),
+        )
+    }
+
     /// POST with the admin token.
     pub fn post_admin(&self, path: &str, body: &Value) -> Resp {
         self.send(
