@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use runbox_benches::Rng;
 
 fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -98,17 +99,6 @@ impl Contender {
     }
 }
 
-/// A small xorshift for shuffling the order within a round (no dependency needed).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn main() -> Result<()> {
     let rounds: usize = std::env::args()
         .nth(1)
@@ -149,12 +139,10 @@ fn main() -> Result<()> {
         ),
     ];
     let warmup = (rounds / 10).clamp(5, 30);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
+    let mut rng = Rng::seeded(0x2545_f491_4f6c_dd1d);
     let mut order: Vec<usize> = (0..all.len()).collect();
     for round in 0..warmup + rounds {
-        for i in (1..order.len()).rev() {
-            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-        }
+        rng.shuffle(&mut order);
         for &i in &order {
             let ms = all[i].once()?;
             if round >= warmup {
