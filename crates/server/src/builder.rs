@@ -96,7 +96,8 @@ impl Builder {
                     elapsed_s: e
                         .took
                         .or_else(|| e.started.map(|s| s.elapsed()))
-                        .map(|d| d.as_secs_f64()),
+                        // Milliseconds are all anyone reads.
+                        .map(|d| d.as_millis() as f64 / 1000.0),
                     error: e.error.clone(),
                 })
                 .collect(),
