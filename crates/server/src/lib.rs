@@ -259,8 +259,9 @@ async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Re
 
 /// Accepts connections (at most `max_connections` served at once) and serves
 /// them with hyper: HTTP/1.1 with a deadline for the request head (slow-header
-/// clients are cut off), or HTTP/2. On stop, stops accepting and lets the
-/// connections finish their requests.
+/// clients are cut off), or HTTP/2. A connection whose first request has not
+/// arrived within the header timeout is closed, whatever its protocol. On stop,
+/// stops accepting and lets the connections finish their requests.
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
@@ -295,15 +296,38 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        // Told when the connection's first request head has arrived.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let told = first_request.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                told.notify_one();
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
+        let header_timeout = state.cfg.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper times a request head only once it knows the protocol: a
+            // client that sends nothing, half an HTTP/2 preface, or a preface and
+            // no request would hold its connection slot for good. The first
+            // request head must arrive within the header timeout whatever the
+            // protocol; after that, HTTP/1.1 times each later head itself.
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = &mut conn => Some(r),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(header_timeout) => {
+                    tracing::debug!(peer = %peer, "no request within the header timeout: closing");
+                    return;
+                }
+            };
+            let result = match ended {
+                Some(r) => r,
+                None => conn.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
