@@ -26,13 +26,8 @@ use sha2::Digest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runbox");
 
-/// A server over a fresh data directory holding `busybox`.
 fn busybox_server(args: &[&str]) -> (Runbox, TestServer) {
-    let rb = Runbox::new().with_busybox();
-    let mut all = vec!["--no-build"];
-    all.extend_from_slice(args);
-    let server = TestServer::start(Path::new(BIN), &rb.data(), &all);
-    (rb, server)
+    Runbox::busybox_server(args)
 }
 
 /// A value no earlier run of these tests used: the catalog's data directory (and

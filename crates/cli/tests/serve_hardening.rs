@@ -15,7 +15,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -24,16 +23,8 @@ use common::Runbox;
 use runbox_testkit::server::{Resp, TestServer};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_runbox");
-
-/// A server started with `--no-build ARGS` over a fresh data directory holding
-/// `busybox`.
 fn server(args: &[&str]) -> (Runbox, TestServer) {
-    let rb = Runbox::new().with_busybox();
-    let mut all = vec!["--no-build"];
-    all.extend_from_slice(args);
-    let ts = TestServer::start(Path::new(BIN), &rb.data(), &all);
-    (rb, ts)
+    Runbox::busybox_server(args)
 }
 
 fn host_port(ts: &TestServer) -> &str {

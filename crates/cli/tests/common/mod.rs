@@ -36,6 +36,20 @@ impl Runbox {
         self.cmd(args).output().unwrap()
     }
 
+    /// A `runbox serve --no-build ARGS` over a fresh data directory holding
+    /// `busybox` (the directory lives as long as the returned `Runbox`).
+    pub fn busybox_server(args: &[&str]) -> (Runbox, runbox_testkit::server::TestServer) {
+        let rb = Runbox::new().with_busybox();
+        let mut all = vec!["--no-build"];
+        all.extend_from_slice(args);
+        let ts = runbox_testkit::server::TestServer::start(
+            Path::new(env!("CARGO_BIN_EXE_runbox")),
+            &rb.data(),
+            &all,
+        );
+        (rb, ts)
+    }
+
     /// Imports the busybox image as `busybox` (from the host's busybox-static).
     pub fn with_busybox(self) -> Runbox {
         let layout = runbox_testkit::oci::busybox_image(self.dir.path());
