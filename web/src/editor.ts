@@ -80,20 +80,58 @@ const LANGUAGES: Record<string, Loader> = {
   "application/x-sh": legacy(() => import("@codemirror/legacy-modes/mode/shell").then((m) => m.shell)),
 };
 
+const NAMES: Record<string, string> = {
+  "text/x-python": "Python",
+  "text/x-csrc": "C",
+  "text/x-chdr": "C",
+  "text/x-c++src": "C++",
+  "text/x-c++hdr": "C++",
+  "application/sql": "SQL",
+  "application/json": "JSON",
+  "text/x-shellscript": "Shell",
+  "application/x-sh": "Shell",
+  "text/vnd.graphviz": "DOT",
+  "text/x-jq": "jq",
+  "text/csv": "CSV",
+  "text/markdown": "Markdown",
+  "text/plain": "Text",
+};
+
 export function languageName(mime: string): string | null {
-  return (
-    {
-      "text/x-python": "Python",
-      "text/x-csrc": "C",
-      "text/x-chdr": "C",
-      "text/x-c++src": "C++",
-      "text/x-c++hdr": "C++",
-      "application/sql": "SQL",
-      "application/json": "JSON",
-      "text/x-shellscript": "Shell",
-      "application/x-sh": "Shell",
-    } as Record<string, string>
-  )[mime] ?? null;
+  return NAMES[mime] ?? null;
+}
+
+/** The MIME type of a file by its extension (the types LANGUAGES and NAMES know); anything else is text/plain. */
+const EXTENSIONS: Record<string, string> = {
+  py: "text/x-python",
+  c: "text/x-csrc",
+  h: "text/x-chdr",
+  cpp: "text/x-c++src",
+  cc: "text/x-c++src",
+  cxx: "text/x-c++src",
+  hpp: "text/x-c++hdr",
+  hh: "text/x-c++hdr",
+  hxx: "text/x-c++hdr",
+  json: "application/json",
+  sql: "application/sql",
+  sh: "text/x-shellscript",
+  dot: "text/vnd.graphviz",
+  gv: "text/vnd.graphviz",
+  jq: "text/x-jq",
+  csv: "text/csv",
+  md: "text/markdown",
+  txt: "text/plain",
+};
+
+/** The extension of a path's last component, lower-cased ("" when it has none). */
+export function extension(path: string): string {
+  const name = path.slice(path.lastIndexOf("/") + 1);
+  const dot = name.lastIndexOf(".");
+  return dot > 0 ? name.slice(dot + 1).toLowerCase() : "";
+}
+
+export function mimeForPath(path: string): string {
+  return EXTENSIONS[extension(path)] ?? "text/plain";
 }
 
 const loaded = new Map<string, Promise<Extension>>();
@@ -157,15 +195,26 @@ export class CodeEditor {
 
   /** Replaces every file: key → {text, mime}. Languages load in the background. */
   setFiles(files: { key: string; text: string; mime: string }[]) {
-    const generation = ++this.generation;
+    ++this.generation;
     this.states.clear();
     this.current = null;
-    for (const f of files) {
-      this.states.set(f.key, this.makeState(f.text));
-      void loadLanguage(f.mime).then((lang) => {
-        if (generation === this.generation) this.setLanguage(f.key, lang);
-      });
-    }
+    for (const f of files) this.add(f.key, f.text, f.mime);
+  }
+
+  /** Adds one file (a fresh state, with its own undo history). */
+  add(key: string, text: string, mime: string) {
+    const generation = this.generation;
+    this.states.set(key, this.makeState(text));
+    void loadLanguage(mime).then((lang) => {
+      // (A file removed meanwhile has no state left to configure: setLanguage skips it.)
+      if (generation === this.generation) this.setLanguage(key, lang);
+    });
+  }
+
+  /** Drops one file; the view keeps showing it until another is shown. */
+  remove(key: string) {
+    if (this.current === key) this.current = null;
+    this.states.delete(key);
   }
 
   /** Installs a loaded language into one file's state, shown or not. */

@@ -16,7 +16,8 @@ import {
   type StoredResult,
 } from "./api";
 import { $, h, replace } from "./dom";
-import { CodeEditor, languageName } from "./editor";
+import { CodeEditor, extension, languageName, mimeForPath } from "./editor";
+import { pathProblem } from "./files";
 import { defaults, optionsForm, type OptionsForm } from "./form";
 import { bytes, seconds } from "./format";
 import { isTextMime, renderResult, type Shown } from "./output";
@@ -31,6 +32,8 @@ interface FileDraft {
   binary: boolean;
   text: string;
   data: Uint8Array;
+  /** Added by the user, not declared by the manifest: it can be removed. */
+  added: boolean;
 }
 
 interface Draft {
@@ -52,6 +55,10 @@ let form: OptionsForm | null = null;
 let running = false;
 /** The permalink this page was opened on, and its program. */
 let restored: { key: string; id: string } | null = null;
+/** The "new file" field is open in the tab bar. */
+let adding = false;
+/** The file removed last, for Undo (until the next change to the tabs). */
+let removed: { draft: Draft; file: FileDraft; index: number } | null = null;
 
 // ---- elements ----
 
@@ -63,6 +70,8 @@ const els = {
   notReady: $("#not-ready"),
   options: $("#options"),
   tabs: $("#tabs"),
+  tabAdd: $("#tab-add"),
+  filesNote: $("#files-note"),
   editor: $("#editor"),
   binary: $("#binary-input"),
   stdinPane: $("#stdin-pane"),
@@ -105,7 +114,13 @@ function freshDraft(p: ProgramInfo): Draft {
 function fileFromSpec(i: InputSpec): FileDraft {
   const data = dataBytes(i.example ?? null);
   const binary = (i.example != null && "base64" in i.example) || (i.example == null && !isTextMime(i.mime));
-  return { path: i.path, mime: i.mime, binary, text: binary ? "" : (dataText(i.example ?? null) ?? ""), data };
+  return { path: i.path, mime: i.mime, binary, text: binary ? "" : (dataText(i.example ?? null) ?? ""), data, added: false };
+}
+
+/** A file's MIME type: a declared input's with the same extension, else by the extension. */
+function mimeFor(p: ProgramInfo, path: string): string {
+  const ext = extension(path);
+  return (ext && p.inputs.find((i) => extension(i.path) === ext)?.mime) || mimeForPath(path);
 }
 
 /** Reads the editor, stdin and form back into the current draft. */
@@ -127,6 +142,7 @@ function pickProgram(id: string, opts: { restore?: StoredResult; updateUrl?: "pu
   }
   saveDraft();
   current = p;
+  adding = false;
   draft = opts.restore ? restoredDraft(p, opts.restore) : (drafts.get(id) ?? freshDraft(p));
   drafts.set(id, draft);
   if (opts.updateUrl !== false) setUrl(`/#${encodeURIComponent(id)}`, opts.updateUrl ?? "replace");
@@ -149,7 +165,8 @@ function restoredDraft(p: ProgramInfo, stored: StoredResult): Draft {
       known.text = text ?? "";
       known.data = data;
     } else {
-      d.files.push({ path: given.path, mime: "text/plain", binary: text === null, text: text ?? "", data });
+      // A file the user added: not in the manifest, so its type follows its extension.
+      d.files.push({ path: given.path, mime: mimeFor(p, given.path), binary: text === null, text: text ?? "", data, added: true });
     }
   }
   if (req.stdin != null) d.stdin = dataText(req.stdin) ?? "";
@@ -180,7 +197,7 @@ function renderProgram() {
         writes.length > 0 && [" · writes ", writes.map((m, i) => [i > 0 && ", ", h("code", null, m)])],
       ),
     ),
-    h("button", { type: "button", class: "link-button", onclick: resetDraft, title: "Put back the example inputs, stdin and option defaults" }, "Reset to example"),
+    h("button", { type: "button", class: "link-button", onclick: resetDraft, title: "Put back the example inputs, stdin and option defaults (and drop the files you added)" }, "Reset to example"),
   );
 
   form = p.options.length > 0 ? optionsForm(p.options, d.options, () => undefined) : null;
@@ -188,6 +205,8 @@ function renderProgram() {
   els.options.hidden = !form;
 
   editor.setFiles(d.files.filter((f) => !f.binary).map((f) => ({ key: f.path, text: f.text, mime: f.mime })));
+  removed = null;
+  showNote(null);
   renderTabs();
   showTab(d.files.some((f) => f.path === d.active) ? d.active : (d.files[0]?.path ?? ""));
 
@@ -219,32 +238,239 @@ function renderTabs() {
         {
           type: "button",
           role: "tab",
-          class: "tab",
+          class: f.added ? "tab tab-added" : "tab",
           id: `tab-${f.path}`,
           "data-path": f.path,
           "aria-selected": f.path === d.active ? "true" : "false",
+          "aria-describedby": f.added ? "tab-remove-hint" : undefined,
           tabindex: f.path === d.active ? 0 : -1,
-          title: f.mime,
+          title: f.added ? `${f.mime}; added by you (Delete removes it)` : f.mime,
           onclick: () => showTab(f.path),
         },
         h("span", { class: "tab-path" }, f.path),
         h("span", { class: "tab-lang" }, languageName(f.mime) ?? f.mime),
+        // The × is for the mouse; from the keyboard, Delete on the tab does the same
+        // (a button inside a tab would be a button inside a button).
+        f.added &&
+          h(
+            "span",
+            {
+              class: "tab-remove",
+              "aria-hidden": "true",
+              title: `Remove ${f.path}`,
+              onclick: (e: Event) => {
+                e.stopPropagation();
+                removeFile(f.path);
+              },
+            },
+            "×",
+          ),
       ),
     ),
   );
-  els.tabs.hidden = d.files.length === 0;
+  renderAddFile();
 }
 
 els.tabs.addEventListener("keydown", (e) => {
-  if (!draft || (e.key !== "ArrowLeft" && e.key !== "ArrowRight")) return;
-  const i = draft.files.findIndex((f) => f.path === draft!.active);
-  const next = draft.files[(i + (e.key === "ArrowRight" ? 1 : -1) + draft.files.length) % draft.files.length];
+  if (!draft || draft.files.length === 0) return;
+  const files = draft.files;
+  // The focused tab: usually the selected one (roving tabindex), not always.
+  const from = (e.target as HTMLElement).closest<HTMLElement>(".tab")?.dataset.path ?? draft.active;
+  const i = files.findIndex((f) => f.path === from);
+  let next: FileDraft | undefined;
+  switch (e.key) {
+    case "ArrowLeft":
+    case "ArrowRight":
+      next = files[(i + (e.key === "ArrowRight" ? 1 : -1) + files.length) % files.length];
+      break;
+    case "Home":
+      next = files[0];
+      break;
+    case "End":
+      next = files[files.length - 1];
+      break;
+    case "Delete":
+    case "Backspace":
+      if (files[i]?.added) {
+        e.preventDefault();
+        removeFile(files[i].path);
+      }
+      return;
+    default:
+      return;
+  }
   if (next) {
     e.preventDefault();
     showTab(next.path);
-    els.tabs.querySelector<HTMLElement>(`[data-path="${CSS.escape(next.path)}"]`)?.focus();
+    tabOf(next.path)?.focus();
   }
 });
+
+function tabOf(path: string): HTMLElement | null {
+  return els.tabs.querySelector<HTMLElement>(`[data-path="${CSS.escape(path)}"]`);
+}
+
+// ---- adding and removing files ----
+
+/** The "+" button, or the field for a new file's path. */
+function renderAddFile() {
+  if (!adding) {
+    replace(
+      els.tabAdd,
+      h("button", { type: "button", class: "tab-add-button", "aria-label": "Add a file", title: "Add a file", onclick: () => openAddFile() }, h("span", { "aria-hidden": "true" }, "+")),
+    );
+    return;
+  }
+  const lang = h("span", { class: "tab-lang tab-new-lang", "aria-hidden": "true" });
+  const input = h("input", {
+    type: "text",
+    class: "tab-new-path",
+    "aria-label": "New file's path",
+    "aria-describedby": "files-note",
+    placeholder: examplePath(),
+    autocomplete: "off",
+    autocapitalize: "off",
+    spellcheck: "false",
+    oninput: () => {
+      input.removeAttribute("aria-invalid");
+      if (noteKind === "error") showNote(null);
+      const path = input.value.trim();
+      lang.textContent = path && current ? (languageName(mimeFor(current, path)) ?? "") : "";
+    },
+    onkeydown: (e: KeyboardEvent) => {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        closeAddFile(true);
+      }
+    },
+  });
+  const form = h(
+    "form",
+    {
+      class: "tab-new",
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        const path = input.value.trim();
+        const problem = draft ? pathProblem(path, draft.files.map((f) => f.path)) : "No program is selected.";
+        if (problem) {
+          input.setAttribute("aria-invalid", "true");
+          showNote(problem, "error");
+          input.focus();
+          return;
+        }
+        addFile(path);
+      },
+      // Leaving an empty field closes it; one with a path stays, so nothing typed is lost.
+      onfocusout: (e: FocusEvent) => {
+        if (form.contains(e.relatedTarget as Node | null) || input.value.trim() !== "") return;
+        setTimeout(() => {
+          if (adding && els.tabAdd.contains(form) && !form.contains(document.activeElement)) closeAddFile(false);
+        });
+      },
+    },
+    input,
+    lang,
+    h("button", { type: "submit", class: "button tab-new-ok" }, "Add"),
+    h("button", { type: "button", class: "tab-new-cancel", "aria-label": "Cancel", title: "Cancel (Esc)", onclick: () => closeAddFile(true) }, h("span", { "aria-hidden": "true" }, "×")),
+  );
+  replace(els.tabAdd, form);
+  input.focus();
+}
+
+/** A path to suggest in the empty field, after the program's first input. */
+function examplePath(): string {
+  const ext = current?.inputs[0] ? extension(current.inputs[0].path) : "";
+  return ({ c: "util.h", cpp: "util.hpp", "": "notes.txt" } as Record<string, string>)[ext] ?? `helper.${ext}`;
+}
+
+function openAddFile() {
+  adding = true;
+  forgetRemoved();
+  renderAddFile();
+}
+
+function closeAddFile(refocus: boolean) {
+  adding = false;
+  if (noteKind === "error") showNote(null);
+  renderAddFile();
+  if (refocus) els.tabAdd.querySelector("button")?.focus();
+}
+
+function addFile(path: string) {
+  if (!draft || !current) return;
+  const f: FileDraft = { path, mime: mimeFor(current, path), binary: false, text: "", data: new Uint8Array(), added: true };
+  draft.files.push(f);
+  editor.add(f.path, f.text, f.mime);
+  adding = false;
+  forgetRemoved();
+  renderTabs();
+  showTab(path);
+  tabOf(path)?.scrollIntoView({ block: "nearest", inline: "nearest" });
+  showNote(`Added ${path}.`);
+  editor.focus();
+}
+
+/** Removes a file the user added; the tab after it (or before it) is shown next. */
+function removeFile(path: string) {
+  if (!draft) return;
+  const d = draft;
+  const index = d.files.findIndex((f) => f.path === path);
+  const file = d.files[index];
+  if (!file?.added) return;
+  saveDraft();
+  d.files.splice(index, 1);
+  if (!file.binary) editor.remove(path);
+  removed = { draft: d, file, index };
+  const next = d.active === path ? (d.files[index] ?? d.files[index - 1])?.path ?? "" : d.active;
+  renderTabs();
+  showTab(next);
+  showNote(`Removed ${path}.`, "removed");
+  (tabOf(next) ?? els.tabAdd.querySelector("button"))?.focus();
+}
+
+function undoRemove() {
+  const r = removed;
+  if (!r || r.draft !== draft) return;
+  removed = null;
+  if (draft.files.some((f) => f.path === r.file.path)) return;
+  draft.files.splice(Math.min(r.index, draft.files.length), 0, r.file);
+  if (!r.file.binary) editor.add(r.file.path, r.file.text, r.file.mime);
+  renderTabs();
+  showTab(r.file.path);
+  showNote(`Put back ${r.file.path}.`);
+  tabOf(r.file.path)?.focus();
+}
+
+function forgetRemoved() {
+  removed = null;
+  if (noteKind === "removed") showNote(null);
+}
+
+type NoteKind = "info" | "error" | "removed";
+let noteKind: NoteKind | null = null;
+let noteTimer: number | undefined;
+
+/**
+ * The line under the tabs: what is wrong with a new path (until it is edited), that a
+ * file was added (read out only, for a few seconds), or that one was removed, with Undo
+ * (for ten seconds).
+ */
+function showNote(text: string | null, kind: NoteKind = "info") {
+  window.clearTimeout(noteTimer);
+  noteKind = text === null ? null : kind;
+  els.filesNote.hidden = text === null;
+  // Confirmations are for screen readers: the tabs show what changed.
+  els.filesNote.className = kind === "info" ? "files-note sr-only" : `files-note files-note-${kind}`;
+  replace(els.filesNote, text, kind === "removed" && [" ", h("button", { type: "button", class: "link-button", onclick: undoRemove }, "Undo")]);
+  if (text !== null && kind !== "error") {
+    noteTimer = window.setTimeout(() => {
+      // Not while the keyboard is on Undo.
+      if (els.filesNote.contains(document.activeElement)) return;
+      if (kind === "removed") removed = null;
+      showNote(null);
+    }, kind === "removed" ? 10_000 : 4000);
+  }
+}
 
 function showTab(path: string) {
   if (!draft) return;

@@ -25,6 +25,7 @@ const timeout = Number(process.env.RUNBOX_TEST_TIMEOUT_MS || 60_000);
 const origin = new URL(base).origin;
 
 let step = "start";
+let steps = 0;
 let shotNo = 0;
 const problems = [];
 let browser;
@@ -86,13 +87,68 @@ async function pickProgram(page, id) {
   await until(page, `program ${id} selected`, (id) => location.hash === `#${id}` && document.querySelector(".cm-content") !== null, id);
 }
 
+function begin(name) {
+  step = name;
+  steps++;
+  console.log(`- ${name}`);
+}
+
+/** The text in the editor (the shown file). */
+function editorText(page) {
+  return page.evaluate(() => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n"));
+}
+
+/** Replaces the shown file's text by typing. */
+async function typeCode(page, lines) {
+  await page.locator(".cm-content").click();
+  await page.keyboard.press("Control+A");
+  await page.keyboard.press("Delete");
+  for (const [i, line] of lines.entries()) {
+    if (i > 0) await page.keyboard.press("Enter");
+    await page.keyboard.type(line);
+  }
+  const want = lines.join("\n");
+  await until(page, `the editor holding ${JSON.stringify(want)}`, (want) => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === want, want);
+}
+
+/** The tabs: [{path, lang, selected, removable}]. */
+function tabs(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll("#tabs .tab")].map((t) => ({
+      path: t.dataset.path,
+      lang: t.querySelector(".tab-lang")?.textContent,
+      selected: t.getAttribute("aria-selected") === "true",
+      removable: t.querySelector(".tab-remove") !== null,
+    })),
+  );
+}
+
+function expectTabs(got, want, what) {
+  const paths = got.map((t) => t.path);
+  if (JSON.stringify(paths) !== JSON.stringify(want)) throw new Mismatch(`${what}: the tabs are ${JSON.stringify(paths)}, not ${JSON.stringify(want)}`);
+}
+
+/** Types a path into the tab bar's "new file" field (opening it) and presses Enter. */
+async function submitNewPath(page, path) {
+  if (!(await page.locator(".tab-new-path").isVisible())) await page.locator(".tab-add-button").click();
+  const field = page.locator(".tab-new-path");
+  await field.waitFor({ state: "visible", timeout });
+  await field.fill(path);
+  await field.press("Enter");
+}
+
+/** Marks the shown result, so that waitForResult waits for the next one. */
+async function markResult(page) {
+  await page.evaluate(() => document.querySelector(".result")?.setAttribute("data-old", ""));
+}
+
 /** Waits for a run to finish: the Run button is back and a result is shown. */
 async function waitForResult(page, what) {
   await until(page, `${what}: run finished`, () => {
     const run = document.querySelector("#run");
     const err = document.querySelector("#run-error");
     if (err && !err.hidden) return true; // reported below
-    return run && !run.disabled && document.querySelector(".result") !== null;
+    return run && !run.disabled && document.querySelector(".result:not([data-old])") !== null;
   });
   const error = await page.evaluate(() => {
     const err = document.querySelector("#run-error");
@@ -111,16 +167,14 @@ async function main() {
   const page = await context.newPage();
   watch(page, "page");
 
-  step = "open the page";
-  console.log(`- ${step}: ${base}/`);
+  begin(`open the page: ${base}/`);
   await page.goto(`${base}/`);
   await page.locator("#program-list button.program").first().waitFor({ timeout });
   await until(page, "the output pane's first hint", () => document.querySelector(".output-empty, .result") !== null);
   checkProblems();
   await shot(page, "opened");
 
-  step = "pick Python and edit the code";
-  console.log(`- ${step}`);
+  begin("pick Python and edit the code");
   await pickProgram(page, "python");
   await until(page, "main.py tab", () => document.querySelector('.tab[data-path="main.py"]') !== null);
   await page.locator(".cm-content").click();
@@ -134,8 +188,7 @@ async function main() {
   console.log(`  editor: ${JSON.stringify(code)}`);
   await shot(page, "python-edited");
 
-  step = "run Python with Ctrl+Enter";
-  console.log(`- ${step}`);
+  begin("run Python with Ctrl+Enter");
   await page.keyboard.press("Control+Enter");
   await waitForResult(page, "python");
   const stdout = await until(page, "stdout 42", () => {
@@ -146,8 +199,108 @@ async function main() {
   checkProblems();
   await shot(page, "python-ran");
 
-  step = "pick Graphviz and run it";
-  console.log(`- ${step}`);
+  begin("add helper.py (refusing bad paths first)");
+  await submitNewPath(page, "../helper.py");
+  let note = await until(page, "an error about ..", () => {
+    const n = document.querySelector("#files-note.files-note-error");
+    return n && !n.hidden && /\.\./.test(n.textContent) && document.querySelector(".tab-new-path")?.getAttribute("aria-invalid") === "true" ? n.textContent : false;
+  });
+  console.log(`  ../helper.py: ${JSON.stringify(note)}`);
+  await shot(page, "add-file-refused");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await shot(page, "add-file-refused-dark");
+  await page.emulateMedia({ colorScheme: "light" });
+  for (const [bad, why] of [
+    ["main.py", /already/],
+    ["/etc/x.py", /relative/],
+    ["a b.py", /space/],
+  ]) {
+    await submitNewPath(page, bad);
+    note = await until(page, `an error about ${bad}`, (re) => {
+      const n = document.querySelector("#files-note.files-note-error");
+      return n && !n.hidden && new RegExp(re).test(n.textContent) ? n.textContent : false;
+    }, why.source);
+    console.log(`  ${bad}: ${JSON.stringify(note)}`);
+  }
+  expectTabs(await tabs(page), ["main.py"], "after refused paths");
+  await page.locator(".tab-new-path").fill("helper.py");
+  await until(page, "the field naming the language", () => document.querySelector(".tab-new-lang")?.textContent === "Python");
+  await page.locator(".tab-new-path").press("Enter");
+  await until(page, "the helper.py tab selected", () => document.querySelector('.tab[data-path="helper.py"]')?.getAttribute("aria-selected") === "true");
+  let t = await tabs(page);
+  expectTabs(t, ["main.py", "helper.py"], "after adding helper.py");
+  if (t[0].removable || !t[1].removable || t[1].lang !== "Python") throw new Mismatch(`only helper.py should be removable, and it is Python: ${JSON.stringify(t)}`);
+  // The editor has the focus, on the new (empty) file.
+  if ((await editorText(page)) !== "") throw new Mismatch(`the new file is not empty: ${JSON.stringify(await editorText(page))}`);
+  await page.keyboard.type("def answer(): return 42");
+  await until(page, "helper.py holding the function", () => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === "def answer(): return 42");
+  await page.locator('.tab[data-path="main.py"]').click();
+  await typeCode(page, ["from helper import answer; print(answer())"]);
+  await shot(page, "helper-added");
+
+  begin("run main.py importing helper.py");
+  await markResult(page);
+  const [sent] = await Promise.all([
+    page.waitForRequest((r) => r.method() === "POST" && new URL(r.url()).pathname === "/api/jobs", { timeout }),
+    page.locator("#run").click(),
+  ]);
+  const inputs = JSON.parse(sent.postData() ?? "{}").inputs ?? [];
+  console.log(`  sent inputs: ${JSON.stringify(inputs.map((i) => i.path))}`);
+  const helper = inputs.find((i) => i.path === "helper.py");
+  if (helper?.content?.text !== "def answer(): return 42") throw new Mismatch(`the request's inputs lack helper.py: ${JSON.stringify(inputs)}`);
+  await waitForResult(page, "python with helper.py");
+  const viaHelper = await until(page, "stdout 42 from helper.answer()", () => document.querySelector(".stream-stdout pre")?.textContent?.trim() === "42" && document.querySelector(".result-status")?.textContent);
+  console.log(`  stdout 42; ${viaHelper}`);
+  checkProblems();
+  await shot(page, "helper-ran");
+
+  begin("remove an added file (Delete, Undo, ×)");
+  await submitNewPath(page, "notes/todo.txt");
+  await until(page, "the notes/todo.txt tab", () => document.querySelector('.tab[data-path="notes/todo.txt"] .tab-lang')?.textContent === "Text");
+  await page.locator('.tab[data-path="notes/todo.txt"]').focus();
+  await page.keyboard.press("Delete");
+  await until(page, "notes/todo.txt removed, with Undo", () => !document.querySelector('.tab[data-path="notes/todo.txt"]') && /Removed notes\/todo\.txt/.test(document.querySelector("#files-note")?.textContent ?? ""));
+  const focused = await page.evaluate(() => document.activeElement?.dataset?.path ?? document.activeElement?.tagName);
+  if (focused !== "helper.py") throw new Mismatch(`after Delete the focus is on ${focused}, not the helper.py tab`);
+  await shot(page, "file-removed");
+  await page.locator("#files-note button", { hasText: "Undo" }).click();
+  await until(page, "notes/todo.txt back", () => document.querySelector('.tab[data-path="notes/todo.txt"]')?.getAttribute("aria-selected") === "true");
+  await page.locator('.tab[data-path="notes/todo.txt"] .tab-remove').click();
+  await until(page, "notes/todo.txt removed by its ×", () => !document.querySelector('.tab[data-path="notes/todo.txt"]'));
+  // A declared file stays: Delete on its tab does nothing.
+  await page.locator('.tab[data-path="main.py"]').focus();
+  await page.keyboard.press("Delete");
+  await page.keyboard.press("ArrowRight");
+  t = await tabs(page);
+  expectTabs(t, ["main.py", "helper.py"], "after removing notes/todo.txt");
+  if (!t[1].selected) throw new Mismatch(`ArrowRight from main.py did not select helper.py: ${JSON.stringify(t)}`);
+  if ((await editorText(page)) !== "def answer(): return 42") throw new Mismatch(`helper.py lost its text: ${JSON.stringify(await editorText(page))}`);
+  console.log(`  tabs: ${t.map((x) => x.path).join(", ")}`);
+  checkProblems();
+
+  begin("jq: its two declared files");
+  await pickProgram(page, "jq");
+  t = await tabs(page);
+  expectTabs(t, ["filter.jq", "data.json"], "jq");
+  if (t.some((x) => x.removable)) throw new Mismatch(`jq's declared files must not be removable: ${JSON.stringify(t)}`);
+  await page.locator('.tab[data-path="filter.jq"]').click();
+  await page.keyboard.press("End");
+  await until(page, "data.json shown", () => document.querySelector('.tab[data-path="data.json"]')?.getAttribute("aria-selected") === "true" && document.activeElement?.dataset?.path === "data.json");
+  const data = await editorText(page);
+  if (!data.includes('"planets"')) throw new Mismatch(`data.json's editor shows ${JSON.stringify(data)}`);
+  await page.keyboard.press("ArrowLeft");
+  if (!(await editorText(page)).includes("select(.moons > 10)")) throw new Mismatch(`filter.jq's editor shows ${JSON.stringify(await editorText(page))}`);
+  await page.locator("#run").click();
+  await waitForResult(page, "jq");
+  const jq = await until(page, "jq's output naming Saturn", () => {
+    const out = document.querySelector(".stream-stdout pre")?.textContent ?? "";
+    return /"name": "Saturn"/.test(out) ? out : false;
+  });
+  console.log(`  stdout: ${JSON.stringify(jq.slice(0, 60))}…`);
+  checkProblems();
+  await shot(page, "jq-ran");
+
+  begin("pick Graphviz and run it");
   await pickProgram(page, "graphviz");
   await page.locator("#run").click();
   await waitForResult(page, "graphviz");
@@ -159,8 +312,7 @@ async function main() {
   checkProblems();
   await shot(page, "graphviz-ran");
 
-  step = "hit a limit and cut the output (shell)";
-  console.log(`- ${step}`);
+  begin("hit a limit and cut the output (shell)");
   await pickProgram(page, "sh");
   await until(page, "script.sh tab", () => document.querySelector('.tab[data-path="script.sh"]') !== null);
   await page.locator(".cm-content").click();
@@ -182,8 +334,7 @@ async function main() {
   checkProblems();
   await shot(page, "limits-hit");
 
-  step = "share the Python result";
-  console.log(`- ${step}`);
+  begin("share the Python result");
   await pickProgram(page, "python");
   await until(page, "the Python result kept", () => document.querySelector(".stream-stdout pre")?.textContent?.trim() === "42");
   await page.locator("#share").click();
@@ -197,19 +348,25 @@ async function main() {
   if (copied !== link) throw new Mismatch(`the clipboard holds ${JSON.stringify(copied)}, not the permalink ${link}`);
   await shot(page, "shared");
 
-  step = "open the permalink in a new page";
-  console.log(`- ${step}`);
+  begin("open the permalink in a new page");
   const again = await context.newPage();
   watch(again, "permalink page");
   await again.goto(link);
   const restored = await until(again, "the stored stdout 42 and the code restored", () => {
     const out = document.querySelector(".stream-stdout pre")?.textContent;
     const code = [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n");
-    return out?.trim() === "42" && code === "print(6*7)" && document.querySelector("#program-head h1")?.textContent?.includes("Python")
+    return out?.trim() === "42" && code === "from helper import answer; print(answer())" && document.querySelector("#program-head h1")?.textContent?.includes("Python")
       ? { out, code, path: location.pathname }
       : false;
   });
-  console.log(`  restored at ${restored.path}: stdout ${JSON.stringify(restored.out)}, code ${JSON.stringify(restored.code)}`);
+  console.log(`  restored at ${restored.path}: stdout ${JSON.stringify(restored.out)}, main.py ${JSON.stringify(restored.code)}`);
+  const back = await tabs(again);
+  expectTabs(back, ["main.py", "helper.py"], "the permalink page");
+  if (back[0].removable || !back[1].removable || back[1].lang !== "Python") throw new Mismatch(`the restored helper.py is not an added Python file: ${JSON.stringify(back)}`);
+  await again.locator('.tab[data-path="helper.py"]').click();
+  const helperText = await editorText(again);
+  if (helperText !== "def answer(): return 42") throw new Mismatch(`the restored helper.py holds ${JSON.stringify(helperText)}`);
+  console.log(`  helper.py ${JSON.stringify(helperText)}`);
   checkProblems();
   await shot(again, "permalink-opened");
 }
@@ -217,7 +374,7 @@ async function main() {
 try {
   await main();
   await browser?.close();
-  console.log(`playground: 7 passed, 0 failed (screenshots in ${shots})`);
+  console.log(`playground: ${steps} passed, 0 failed (screenshots in ${shots})`);
 } catch (e) {
   console.error(`\nplayground test FAILED at step "${step}":\n${e instanceof Mismatch ? e.message : e.stack ?? e}`);
   try {
