@@ -653,8 +653,9 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// The browser test (web/tests/playground.spec.mjs): Debian's chromium, driven by
-/// Playwright, opens the page, runs Python, renders Graphviz's PNG and opens a
-/// permalink. Screenshots are kept in target/test-artifacts/playground.
+/// Playwright, opens the page, runs Python with an added helper module (and
+/// refuses bad file names), renders Graphviz's PNG, runs jq's two files, hits the
+/// output and time limits, and opens a permalink that restores every file. Screenshots are kept in target/test-artifacts/playground.
 #[test]
 fn the_playground_works_in_a_real_browser() {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");

@@ -68,7 +68,7 @@ impl TestServer {
     pub fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> TestServer {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_log = data_dir.join(format!("serve-{}.log", std::process::id()));
-        let mut child = Command::new(bin)
+        let child = Command::new(bin)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -80,6 +80,9 @@ impl TestServer {
             .stderr(std::fs::File::create(&stderr_log).unwrap())
             .spawn()
             .expect("starting runbox serve");
+        // Killed if anything below panics, so a failed start leaves no server.
+        let mut guard = KillOnDrop(Some(child));
+        let child = guard.0.as_mut().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -88,7 +91,6 @@ impl TestServer {
             .trim()
             .strip_prefix("runbox serve: listening on ")
             .unwrap_or_else(|| {
-                let _ = child.kill();
                 panic!(
                     "runbox serve did not start: {line:?}; log: {}",
                     std::fs::read_to_string(&stderr_log).unwrap_or_default()
@@ -114,7 +116,7 @@ impl TestServer {
             .json()
             .unwrap();
         TestServer {
-            child,
+            child: guard.0.take().unwrap(),
             url,
             data_dir: data_dir.to_owned(),
             admin_token,
@@ -229,6 +231,17 @@ impl Drop for TestServer {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
