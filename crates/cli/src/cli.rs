@@ -42,10 +42,11 @@ pub struct Cli {
 
 pub const EXIT_CODES: &str = "\
 Exit codes of `runbox run`: the program's own exit code, or 128+N when signal N
-ended it (137 when a limit killed it). 125: runbox itself failed (bad option,
-unknown image, hostile input, sandbox set-up); 126: the command cannot be
-executed; 127: the command was not found. `runbox script` exits 1 when a command
-failed. Other commands exit 0 or 125.";
+ended it (137 when a limit killed it); 130 or 143 when Ctrl+C (SIGINT) or SIGTERM
+cancelled the job (a second one stops runbox at once). 125: runbox itself failed
+(bad option, unknown image, hostile input, sandbox set-up); 126: the command
+cannot be executed; 127: the command was not found. `runbox script` exits 1 when
+a command failed. Other commands exit 0 or 125.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

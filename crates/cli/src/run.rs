@@ -3,11 +3,13 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use runbox_core::{Data, ErrorCode, InputFile, JobResult, JobSpec, JobStatus, Limits, LimitsSpec};
 use runbox_engine::{Engine, EngineConfig};
-use runbox_sandbox::JobEvents;
+use runbox_sandbox::{CancelToken, Cancellable, JobEvents};
 
 use crate::cli::{LimitArgs, RunArgs};
 use crate::error::CliError;
@@ -30,6 +32,47 @@ impl JobEvents for Mirror {
 /// Collects nothing live (the JSON result carries the output).
 struct Quiet;
 impl JobEvents for Quiet {}
+
+/// SIGINT (Ctrl+C) and SIGTERM while a job runs: the first one cancels the job
+/// (its sandbox is killed and removed, and its result still reported); a second
+/// one takes the signal's default action, so an impatient user is never stuck
+/// (the sandbox then dies with runbox, and the next start removes its cgroup).
+struct Interrupts {
+    token: CancelToken,
+    /// The signal that cancelled the job (0: none).
+    signal: Arc<AtomicUsize>,
+}
+
+impl Interrupts {
+    fn install() -> anyhow::Result<Interrupts> {
+        use signal_hook::{
+            consts::signal::{SIGINT, SIGTERM},
+            flag,
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicUsize::new(0));
+        for sig in [SIGINT, SIGTERM] {
+            // Actions run in registration order: a second signal finds the flag
+            // set and dies; the first records itself, then sets the flag.
+            flag::register_conditional_default(sig, cancelled.clone())
+                .and_then(|_| flag::register_usize(sig, signal.clone(), sig as usize))
+                .and_then(|_| flag::register(sig, cancelled.clone()))
+                .with_context(|| format!("installing a handler for signal {sig}"))?;
+        }
+        Ok(Interrupts {
+            token: CancelToken::from(cancelled),
+            signal,
+        })
+    }
+
+    /// The signal that cancelled the job, if one did.
+    fn signal(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s as i32),
+        }
+    }
+}
 
 fn limits_spec(l: &LimitArgs) -> LimitsSpec {
     LimitsSpec {
@@ -206,21 +249,37 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: RunArgs) -> anyhow
     if args.program.is_some() {
         cfg.catalog = Some(crate::catalog::load(data_dir, catalog_dir)?);
     }
+    // Installed only now, so Ctrl+C still ends a runbox that waits on its stdin.
+    let interrupts = Interrupts::install()?;
     let engine = Engine::open(cfg)?;
+    let token = interrupts.token.clone();
     let mut result = if args.json {
-        engine.run(spec, &mut Quiet)?
+        engine.run(spec, &mut Cancellable::new(Quiet, token))?
     } else {
-        engine.run(spec, &mut Mirror)?
+        engine.run(spec, &mut Cancellable::new(Mirror, token))?
     };
     if let Some(dir) = &args.output_dir {
         hostout::save_outputs(dir, &mut result.outputs)?;
     }
+    let signal = interrupts
+        .signal()
+        .filter(|_| result.status == JobStatus::Cancelled);
     if args.json {
         print_json(&result)?;
     } else {
         report_cuts(&result);
+        if let Some(sig) = signal {
+            eprintln!(
+                "runbox: {}: the job was cancelled and its sandbox removed",
+                runbox_core::signal_name(sig)
+            );
+        }
     }
-    Ok(Exit::Code(exit_code(&result)))
+    // Like a shell: 128+N for a run ended by signal N (130 for Ctrl+C).
+    Ok(Exit::Code(match signal {
+        Some(sig) => (128 + sig) as u8,
+        None => exit_code(&result),
+    }))
 }
 
 /// The exit status `runbox run` mirrors: the program's code, or 128+signal.

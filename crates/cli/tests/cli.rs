@@ -512,6 +512,158 @@ fn a_crashed_runbox_leaves_nothing_a_later_start_does_not_clean() {
     }
 }
 
+/// Job cgroups of the runbox process `pid`, in any v1 hierarchy or v2.
+fn cgroups_of(pid: u32) -> Vec<String> {
+    let prefix = format!("{pid}.");
+    ["memory/", "pids/", "cpu/", "cpuacct/", ""]
+        .iter()
+        .filter_map(|c| std::fs::read_dir(format!("/sys/fs/cgroup/{c}runbox")).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Live (not zombie) processes in the pid namespace `ns` (a `pid:[...]` link).
+fn processes_in_pidns(ns: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l.to_str() == Some(ns))
+        })
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Waits until the program of the job `runbox` runs (a process named `comm` whose
+/// parent, the sandbox's init, is runbox's child) and returns its pid namespace.
+/// For `--json` runs, which show no output until the end.
+fn wait_for_program(runbox: u32, comm: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+                    && parent_of(p).and_then(parent_of) == Some(runbox as i32)
+            });
+        if let Some(ns) = found.and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()) {
+            return ns.to_string_lossy().into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's {comm} never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_prints_its_result_and_leaves_nothing() {
+    let rb = Runbox::new().with_busybox();
+    let child = rb
+        .cmd(&["run", "--json", "busybox", "--", "sleep", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runbox_pid = child.id();
+    let pidns = wait_for_program(runbox_pid, "sleep");
+    let sent = std::time::Instant::now();
+    signal(&child, rustix::process::Signal::INT);
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    eprintln!("SIGINT to exit: {took:?}");
+    assert_eq!(
+        code(&out),
+        130,
+        "like a shell's Ctrl+C: {}",
+        text(&out.stderr)
+    );
+    let r = json(&out);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["limits_hit"], serde_json::json!([]), "{r}");
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert!(
+        processes_in_pidns(&pidns).is_empty(),
+        "a sandbox process outlived the run"
+    );
+    assert!(
+        cgroups_of(runbox_pid).is_empty(),
+        "{:?}",
+        cgroups_of(runbox_pid)
+    );
+}
+
+#[test]
+fn sigterm_cancels_the_job_keeps_its_output_and_exits_143() {
+    let rb = Runbox::new().with_busybox();
+    let mut child = rb
+        .cmd(&[
+            "run",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/pid; echo started; exec sleep 100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runbox_pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pidns = lines.next().unwrap().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    signal(&child, rustix::process::Signal::TERM);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", text(&out.stderr));
+    assert!(rest.is_empty(), "{rest:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("SIGTERM") && err.contains("cancelled"),
+        "{err}"
+    );
+    assert!(
+        processes_in_pidns(&pidns).is_empty(),
+        "a sandbox process outlived the run"
+    );
+    assert!(
+        cgroups_of(runbox_pid).is_empty(),
+        "{:?}",
+        cgroups_of(runbox_pid)
+    );
+}
+
 #[test]
 fn help_documents_limits_and_exit_codes() {
     let rb = Runbox::new();

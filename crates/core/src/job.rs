@@ -90,6 +90,9 @@ pub enum JobStatus {
     MemoryLimit,
     PidsLimit,
     FileSizeLimit,
+    /// Stopped on request (e.g. `runbox run` got Ctrl+C) before it ended by itself.
+    /// A job cancelled before its program started has no exit code and no signal.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -103,6 +106,7 @@ impl JobStatus {
             JobStatus::MemoryLimit => "memory_limit",
             JobStatus::PidsLimit => "pids_limit",
             JobStatus::FileSizeLimit => "file_size_limit",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
@@ -288,6 +292,16 @@ mod tests {
         );
         assert_eq!(JobStatus::PidsLimit.as_str(), "pids_limit");
         assert_eq!(JobStatus::MemoryLimit.limit(), Some(LimitKind::Memory));
+        assert_eq!(
+            serde_json::to_string(&JobStatus::Cancelled).unwrap(),
+            format!("\"{}\"", JobStatus::Cancelled.as_str())
+        );
+        assert_eq!(JobStatus::Cancelled.as_str(), "cancelled");
+        assert_eq!(
+            JobStatus::Cancelled.limit(),
+            None,
+            "cancelling is not a limit"
+        );
     }
 
     #[test]

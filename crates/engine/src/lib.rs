@@ -122,7 +122,9 @@ impl Engine {
 
     /// Runs one job in a fresh sandbox and returns its result. A job names an image,
     /// or a catalog program whose manifest supplies the image, command line, default
-    /// inputs and limits.
+    /// inputs and limits. `events` sees its output live and can cancel it: wrap them
+    /// in a [`runbox_sandbox::Cancellable`] with a [`runbox_sandbox::CancelToken`]
+    /// that another thread cancels; the result then says `cancelled`.
     pub fn run(&self, spec: JobSpec, events: &mut dyn JobEvents) -> Result<JobResult, EngineError> {
         let job = self.prepare(spec)?;
         self.execute(job, events)

@@ -6,6 +6,7 @@
 //! booting a kernel with an in-guest agent) can implement it too: nothing here
 //! exposes cgroup paths or namespaces.
 
+mod cancel;
 pub mod cgroup;
 pub mod namespace;
 pub mod plan;
@@ -16,17 +17,56 @@ use std::io;
 
 use runbox_core::{ErrorCode, JobResult};
 
+pub use cancel::{CancelToken, Cancellable};
 pub use namespace::netns::NetnsPool;
 pub use namespace::{NamespaceBackend, NamespaceConfig, SweepReport};
 pub use plan::{plan, ImageDefaults, JobPlan, PlanError, RunImage};
 
-/// Live events of a running job. Every method has a no-op default.
+/// Live events of a running job, and the way to cancel it. Every method has a
+/// no-op default.
 pub trait JobEvents {
     /// The program was executed.
     fn started(&mut self) {}
     /// Bytes the program wrote to stdout (only those kept within the output limit).
     fn stdout(&mut self, _chunk: &[u8]) {}
     fn stderr(&mut self, _chunk: &[u8]) {}
+    /// Whether the job should stop now. A backend asks before the program starts (a
+    /// job cancelled during set-up never runs) and, while it runs, after every event
+    /// and at least every [`CANCEL_CHECK_INTERVAL`] when [`JobEvents::cancellable`]
+    /// says so. A cancelled job is killed like one over its wall-time limit, and
+    /// its result says [`runbox_core::JobStatus::Cancelled`]. Must be cheap.
+    fn cancelled(&mut self) -> bool {
+        false
+    }
+    /// Whether [`JobEvents::cancelled`] can ever become true without an event from
+    /// the job. Only then does the backend wake up every [`CANCEL_CHECK_INTERVAL`]
+    /// to ask, so jobs no one can cancel cost no extra wake-ups. Implement both or
+    /// neither; [`Cancellable`] does.
+    fn cancellable(&self) -> bool {
+        false
+    }
+}
+
+/// How long a running job may go on after it was cancelled, at most, before the
+/// backend notices (when [`JobEvents::cancellable`]).
+pub const CANCEL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl<E: JobEvents + ?Sized> JobEvents for &mut E {
+    fn started(&mut self) {
+        (**self).started();
+    }
+    fn stdout(&mut self, chunk: &[u8]) {
+        (**self).stdout(chunk);
+    }
+    fn stderr(&mut self, chunk: &[u8]) {
+        (**self).stderr(chunk);
+    }
+    fn cancelled(&mut self) -> bool {
+        (**self).cancelled()
+    }
+    fn cancellable(&self) -> bool {
+        (**self).cancellable()
+    }
 }
 
 /// A [`JobEvents`] that ignores everything.

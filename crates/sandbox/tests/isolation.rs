@@ -26,48 +26,6 @@ fn with_limits(mut spec: JobSpec, limits: LimitsSpec) -> JobSpec {
     spec
 }
 
-/// Prints the job's pid and mount namespace ids first thing, for [`assert_job_gone`].
-const NS_IDS: &str = "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; ";
-
-/// After a job that began with [`NS_IDS`]: no host process is left in its pid or
-/// mount namespace, the host mount table has nothing under the backend's state dir,
-/// and the scratch mount point is empty on the host.
-fn assert_job_gone(env: &Env, r: &runbox_core::JobResult) {
-    let ns: Vec<&str> = r.stdout.lines().take(2).collect();
-    assert!(
-        ns.len() == 2 && ns.iter().all(|n| n.contains(":[")),
-        "job did not print its namespaces: {}",
-        r.stdout
-    );
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        for kind in ["pid", "mnt"] {
-            if let Ok(link) = std::fs::read_link(p.path().join("ns").join(kind)) {
-                assert!(
-                    !ns.contains(&link.to_str().unwrap()),
-                    "process {:?} is still in the job's {kind} namespace",
-                    p.path()
-                );
-            }
-        }
-    }
-    let state = env.dir.path().to_str().unwrap().to_owned();
-    assert!(
-        host_mounts().iter().all(|m| !m.starts_with(&state)),
-        "a mount under the state dir leaked to the host"
-    );
-    let scratch: Vec<_> = std::fs::read_dir(env.dir.path().join("state/mnt"))
-        .unwrap()
-        .collect();
-    assert!(
-        scratch.is_empty(),
-        "the scratch mount point is not empty on the host"
-    );
-    assert!(
-        own_cgroups().iter().all(|c| !c.ends_with(&r.job_id)),
-        "the job's cgroup remains"
-    );
-}
-
 #[test]
 fn fork_bomb_is_stopped_by_the_pids_limit_and_other_jobs_keep_running() {
     let env = Env::new();

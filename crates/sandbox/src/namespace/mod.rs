@@ -20,6 +20,10 @@
 //! 5. parent: read usage from the cgroup, collect outputs through the root
 //!    descriptor (no link followed), close it (the last reference to the sandbox's
 //!    file systems), remove the cgroup.
+//!
+//! A job cancelled (see [`JobEvents::cancelled`]) before step 4 never execs: its
+//! sandbox is killed and removed. One cancelled later is killed like one over its
+//! wall-time limit, and what it wrote and left is collected as usual.
 
 mod child;
 mod files;
@@ -32,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runbox_core::{signal_name, IdMap, JobResult, LimitKind, Timings, Usage};
+use runbox_core::{signal_name, IdMap, JobResult, JobStatus, LimitKind, Timings, Usage};
 use runbox_sys::exec::ExecArgs;
 use runbox_sys::fork::flags;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -286,6 +290,9 @@ impl Backend for NamespaceBackend {
     fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError> {
         let t0 = Instant::now();
         let t0_ns = child::now_ns();
+        if events.cancelled() {
+            return Ok(cancelled_before_start(plan, t0, t0));
+        }
         // First: the network namespace (the slowest namespace to create) is taken
         // ready-made or starts being made while this thread prepares the job.
         let netns_ticket = netns::NetnsPool::global().take();
@@ -453,7 +460,19 @@ impl Backend for NamespaceBackend {
         send_netns(&sync_parent, &netns)?;
         drop(netns);
         // Wait for READY (or the child's death, with its reason on the error pipe).
-        let marks = wait_ready(&sync_parent, &err_r, &child.pidfd, self.cfg.setup_timeout)?;
+        let Some(marks) = wait_ready(
+            &sync_parent,
+            &err_r,
+            &child.pidfd,
+            self.cfg.setup_timeout,
+            events,
+        )?
+        else {
+            let at = Instant::now();
+            drop(child); // kills and reaps the sandbox
+            cg.remove_empty();
+            return Ok(cancelled_before_start(plan, t0, at));
+        };
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox mounted");
         if tracing::enabled!(tracing::Level::DEBUG) {
             let steps: Vec<String> = Marks::NAMES
@@ -487,6 +506,15 @@ impl Backend for NamespaceBackend {
                     source: e,
                 }
             })?;
+        }
+        // The last moment to cancel without the program ever running.
+        if events.cancelled() {
+            let at = Instant::now();
+            drop(root);
+            drop(child); // kills and reaps the sandbox: its file systems go with it
+            cg.remove_empty();
+            tracing::debug!("job cancelled before it started");
+            return Ok(cancelled_before_start(plan, t0, at));
         }
         if let Err(e) = rustix::io::write(&sync_parent, &[GO]) {
             // The child died after READY: its error pipe says why.
@@ -604,6 +632,38 @@ impl Backend for NamespaceBackend {
     }
 }
 
+/// The result of a job cancelled before its program started: nothing ran, so no
+/// exit code, signal, output or usage. `cancelled_at` is when the cancel was seen.
+fn cancelled_before_start(plan: &JobPlan, t0: Instant, cancelled_at: Instant) -> JobResult {
+    let end = Instant::now();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    JobResult {
+        job_id: plan.job_id.clone(),
+        status: JobStatus::Cancelled,
+        exit_code: None,
+        signal: None,
+        signal_name: None,
+        stdout: String::new(),
+        stdout_base64: None,
+        stdout_bytes: 0,
+        stdout_truncated: false,
+        stderr: String::new(),
+        stderr_base64: None,
+        stderr_bytes: 0,
+        stderr_truncated: false,
+        outputs: Vec::new(),
+        limits_hit: Vec::new(),
+        timings: Timings {
+            setup_ms: ms(cancelled_at - t0),
+            run_ms: 0.0,
+            teardown_ms: ms(end - cancelled_at),
+            total_ms: ms(end - t0),
+        },
+        usage: Usage::default(),
+        limits: plan.limits,
+    }
+}
+
 /// Passes the network namespace to the child (SCM_RIGHTS on the sync socket).
 fn send_netns(sync: &OwnedFd, netns: &OwnedFd) -> Result<(), SandboxError> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -635,16 +695,20 @@ fn child_failure(err: &OwnedFd) -> Option<SandboxError> {
 }
 
 /// Waits until the child reports READY (with its set-up timestamps). If it dies
-/// first, its error pipe says why.
+/// first, its error pipe says why. `None`: the job was cancelled meanwhile.
 fn wait_ready(
     sync: &OwnedFd,
     err: &OwnedFd,
     pidfd: &OwnedFd,
     timeout: Duration,
-) -> Result<Marks, SandboxError> {
+    events: &mut dyn JobEvents,
+) -> Result<Option<Marks>, SandboxError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        if events.cancelled() {
+            return Ok(None);
+        }
+        let mut left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(SandboxError::Setup {
                 stage: "waiting for the sandbox to set up",
@@ -653,6 +717,9 @@ fn wait_ready(
                     format!("no answer within {timeout:?}"),
                 ),
             });
+        }
+        if events.cancellable() {
+            left = left.min(crate::CANCEL_CHECK_INTERVAL);
         }
         let ts = Timespec {
             tv_sec: left.as_secs() as i64,
@@ -671,7 +738,7 @@ fn wait_ready(
             let mut b = [0u8; Marks::SIZE];
             if let Ok(n) = rustix::io::read(sync, &mut b) {
                 if let Some(marks) = Marks::from_bytes(&b[..n]) {
-                    return Ok(marks);
+                    return Ok(Some(marks));
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Watching a running job from the host: feeding stdin, capturing stdout and stderr
-//! within their limits, enforcing the wall-clock and CPU-time limits, and reaping the
-//! sandbox's pid 1. One thread, one `poll` loop, no busy waiting: the next CPU check
-//! is scheduled at the earliest moment the job could have used up its CPU time.
+//! within their limits, enforcing the wall-clock and CPU-time limits, stopping a
+//! cancelled job, and reaping the sandbox's pid 1. One thread, one `poll` loop, no
+//! busy waiting: the next CPU check is scheduled at the earliest moment the job
+//! could have used up its CPU time, and only a job that can be cancelled wakes up
+//! every [`CANCEL_CHECK_INTERVAL`] to ask.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::child::{ChildError, STATUS};
 use crate::cgroup::{CgroupStats, JobCgroup};
-use crate::{JobEvents, SandboxError};
+use crate::{JobEvents, SandboxError, CANCEL_CHECK_INTERVAL};
 
 /// How the sandbox's pid 1 ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub(crate) enum Exit {
 pub(crate) enum KillReason {
     WallTime,
     CpuTime,
+    /// [`JobEvents::cancelled`] said so.
+    Cancelled,
 }
 
 /// At most `cap` bytes of a stream, and how many there were in all.
@@ -132,7 +136,9 @@ pub(crate) fn supervise(
     while exit.is_none() || out_open || err_open || errpipe_open {
         let now = Instant::now();
         if exit.is_none() && killed.is_none() {
-            if now >= wall_deadline {
+            if events.cancelled() {
+                killed = Some(KillReason::Cancelled);
+            } else if now >= wall_deadline {
                 killed = Some(KillReason::WallTime);
             } else if now >= next_cpu_check {
                 let used = cgroup.cpu_usage_ns().unwrap_or(0);
@@ -148,9 +154,12 @@ pub(crate) fn supervise(
             }
         }
         let timeout = if exit.is_none() && killed.is_none() {
-            let until = wall_deadline
+            let mut until = wall_deadline
                 .min(next_cpu_check)
                 .saturating_duration_since(now);
+            if events.cancellable() {
+                until = until.min(CANCEL_CHECK_INTERVAL);
+            }
             Some(Timespec {
                 tv_sec: until.as_secs() as i64,
                 tv_nsec: i64::from(until.subsec_nanos()),
@@ -351,8 +360,11 @@ pub(crate) fn decide(
     if sig == Some(libc::SIGXFSZ) {
         hit.push(LimitKind::FileSize);
     }
+    // Cancelling is no limit: it adds nothing to `hit`. A program that exited with
+    // 0 before the kill landed did finish, and says so.
     let status = match exit {
         Exit::Code(0) => JobStatus::Ok,
+        _ if killed == Some(KillReason::Cancelled) => JobStatus::Cancelled,
         _ if hit.contains(&LimitKind::Memory) => JobStatus::MemoryLimit,
         _ if hit.contains(&LimitKind::Pids) => JobStatus::PidsLimit,
         _ if hit.contains(&LimitKind::CpuTime) => JobStatus::CpuTimeLimit,
@@ -433,6 +445,18 @@ mod tests {
             decide(Exit::Signal(libc::SIGSEGV), None, &stats(0, 0)).0,
             JobStatus::Signaled
         );
+    }
+
+    #[test]
+    fn a_cancelled_job_says_so_and_lists_only_real_limits() {
+        let k = Exit::Signal(libc::SIGKILL);
+        let c = Some(KillReason::Cancelled);
+        assert_eq!(decide(k, c, &stats(0, 0)), (JobStatus::Cancelled, vec![]));
+        assert_eq!(
+            decide(Exit::Code(3), c, &stats(0, 2)),
+            (JobStatus::Cancelled, vec![LimitKind::Pids])
+        );
+        assert_eq!(decide(Exit::Code(0), c, &stats(0, 0)).0, JobStatus::Ok);
     }
 
     #[test]
