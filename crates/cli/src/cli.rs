@@ -126,6 +126,17 @@ pub struct ServeArgs {
     /// Where catalog image builds run mmdebstrap (a tmpfs such as /dev/shm is fastest).
     #[arg(long, env = "RUNBOX_BUILD_SCRATCH", value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// The database of the job queue and stored results: postgres://... lets
+    /// several servers share one queue (default: SQLite at DATA_DIR/runbox.db).
+    #[arg(long, env = "RUNBOX_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    /// How long a worker holds a job without a heartbeat before it is given to
+    /// another (docs/workers.md).
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub lease: u64,
+    /// Claims of a job (by workers that then went silent) before it fails.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Args)]

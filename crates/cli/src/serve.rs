@@ -14,7 +14,7 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
     cfg.catalog_dir = catalog_dir.map(Path::to_path_buf);
     cfg.listen = args.listen;
     if let Some(w) = args.workers {
-        anyhow::ensure!(w > 0, "--workers must be at least 1");
+        // 0: no in-process workers; the server only coordinates `runbox worker`s.
         cfg.workers = w;
     }
     cfg.queue_capacity = args.queue;
@@ -29,6 +29,11 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
     cfg.results_max_bytes = args.results_max;
     cfg.build_catalog = !args.no_build;
     cfg.build_scratch_dir = args.scratch_dir;
+    cfg.database = args.database;
+    anyhow::ensure!(args.lease >= 1000, "--lease must be at least 1s");
+    cfg.lease = Duration::from_millis(args.lease);
+    anyhow::ensure!(args.max_attempts >= 1, "--max-attempts must be at least 1");
+    cfg.max_attempts = args.max_attempts;
     let hooks = Hooks {
         build_progress: Some(Arc::new(|name: &str| {
             Box::new(crate::progress::BuildBar::new(true, name))
@@ -65,6 +70,10 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
         server.shutdown(Duration::from_secs(30)).await;
         anyhow::Ok(())
     })?;
+    // Jobs still running in worker threads are not waited for (dropping the
+    // runtime would): their sandboxes die with this process, and their leases
+    // return them to the queue (docs/workers.md).
+    rt.shutdown_background();
     Ok(Exit::Ok)
 }
 

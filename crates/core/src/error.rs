@@ -59,6 +59,14 @@ pub enum ErrorCode {
     RateLimited,
     /// The HTTP API: the job queue is full; retry later.
     QueueFull,
+    /// The job was cancelled (before it ran, or while it ran).
+    Cancelled,
+    /// Every worker given the job stopped renewing its lease before reporting,
+    /// and it has no attempts left.
+    WorkerLost,
+    /// A worker acted on a job it no longer holds (its lease expired, or the job
+    /// is another worker's).
+    LeaseLost,
     /// A bug in runbox.
     Internal,
 }
@@ -91,6 +99,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::WorkerLost => "worker_lost",
+            ErrorCode::LeaseLost => "lease_lost",
             ErrorCode::Internal => "internal",
         }
     }

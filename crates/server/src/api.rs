@@ -84,8 +84,16 @@ pub async fn run(
     loop {
         let state = rx.borrow_and_update().clone();
         match state {
-            JobState::Done(resp) => return Ok(Json((*resp).clone())),
+            JobState::Done(resp) | JobState::Cancelled(Some(resp)) => {
+                return Ok(Json((*resp).clone()))
+            }
             JobState::Failed(e) => return Err(ApiError::new(e.code, e.message)),
+            JobState::Cancelled(None) => {
+                return Err(ApiError::new(
+                    ErrorCode::Cancelled,
+                    "the job was cancelled before it ran",
+                ))
+            }
             _ => {}
         }
         if rx.changed().await.is_err() {
@@ -131,8 +139,11 @@ pub async fn create_job(
 #[utoipa::path(get, path = "/api/jobs/{id}", params(("id" = String, Path)),
     responses((status = 200, body = JobInfo), (status = 404, body = ErrorResponse)))]
 pub async fn job(State(s): St, Path(id): Path<String>) -> ApiResult<Json<JobInfo>> {
-    let rx = s.runner.watch(&id).ok_or_else(|| no_job(&id))?;
-    let state = rx.borrow().clone();
+    let state = match s.runner.watch(&id) {
+        Some(rx) => rx.borrow().clone(),
+        // Submitted through another server sharing the queue.
+        None => s.runner.lookup(&id).await?.ok_or_else(|| no_job(&id))?,
+    };
     Ok(Json(s.runner.info(&id, &state)))
 }
 
@@ -172,18 +183,50 @@ fn sse_event(runner: &crate::runner::Runner, state: &JobState) -> Event {
             serde_json::json!({ "position": info.position })
         }
         JobState::Running => serde_json::json!({}),
-        JobState::Done(r) => serde_json::to_value(&**r).unwrap_or_default(),
+        JobState::Done(r) | JobState::Cancelled(Some(r)) => {
+            serde_json::to_value(&**r).unwrap_or_default()
+        }
         JobState::Failed(e) => {
             serde_json::to_value(ErrorResponse { error: e.clone() }).unwrap_or_default()
         }
+        JobState::Cancelled(None) => serde_json::json!({}),
     };
     let name = match state.phase() {
         JobPhase::Queued => "queued",
         JobPhase::Running => "running",
         JobPhase::Done => "done",
         JobPhase::Failed => "failed",
+        JobPhase::Cancelled => "cancelled",
     };
     ev.event(name).data(data.to_string())
+}
+
+/// Cancel a job: a waiting one never runs; a running one is stopped by its
+/// worker (within a heartbeat) and ends `cancelled` with its partial result.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = JobInfo), (status = 202, body = JobInfo),
+        (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn cancel_job(
+    State(s): St,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<JobInfo>)> {
+    use runbox_queue::Cancel;
+    let status = match s.runner.cancel(&id).await? {
+        Cancel::Cancelled => StatusCode::OK,
+        Cancel::Requested => StatusCode::ACCEPTED,
+        Cancel::AlreadyFinal => {
+            return Err(ApiError::new(
+                ErrorCode::Cancelled,
+                format!("job {id} has already ended; nothing to cancel"),
+            ))
+        }
+        Cancel::NotFound => return Err(no_job(&id)),
+    };
+    let state = match s.runner.watch(&id) {
+        Some(rx) => rx.borrow().clone(),
+        None => s.runner.lookup(&id).await?.ok_or_else(|| no_job(&id))?,
+    };
+    Ok((status, Json(s.runner.info(&id, &state))))
 }
 
 fn no_job(id: &str) -> ApiError {
@@ -299,7 +342,7 @@ pub async fn healthz(State(s): St) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         workers: s.runner.workers(),
-        queued: s.runner.queued(),
+        queued: s.runner.queued().await,
         running: s.runner.running(),
         uptime_s: s.started.elapsed().as_secs_f64(),
     })
@@ -388,7 +431,7 @@ async fn submit(
             ));
         }
     }
-    let (id, rx) = s.runner.submit(job, request_json)?;
+    let (id, rx) = s.runner.submit(job, request_json).await?;
     tracing::Span::current().record("job_id", &id);
     Ok(Submitted::Queued(id, rx))
 }

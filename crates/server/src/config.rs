@@ -49,6 +49,15 @@ pub struct ServerConfig {
     pub build_scratch_dir: Option<PathBuf>,
     /// Network namespaces kept ready for jobs. Default: workers + 1.
     pub netns_ready: Option<usize>,
+    /// The database holding the queue and the stored results: `sqlite://...` or
+    /// `postgres://...`. Default: SQLite at `DATA_DIR/runbox.db`.
+    pub database: Option<String>,
+    /// How long a claim holds a job without a heartbeat. Default 30 s.
+    pub lease: Duration,
+    /// Claims of a job before it fails with `worker_lost`. Default 3.
+    pub max_attempts: u32,
+    /// How often the queue is read for what other servers did. Default 250 ms.
+    pub queue_poll: Duration,
 }
 
 impl ServerConfig {
@@ -72,6 +81,20 @@ impl ServerConfig {
             build_catalog: true,
             build_scratch_dir: None,
             netns_ready: None,
+            database: None,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            queue_poll: Duration::from_millis(250),
         }
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("runbox.db").display()
+            )
+        })
     }
 }

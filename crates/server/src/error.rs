@@ -60,7 +60,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ImageInvalid | ExpectationFailed => StatusCode::BAD_REQUEST,
         Unauthorized | RegistryAuth => StatusCode::UNAUTHORIZED,
         ImageNotFound | ProgramNotFound | NotFound => StatusCode::NOT_FOUND,
-        ImageNotReady | StoreBusy => StatusCode::CONFLICT,
+        ImageNotReady | StoreBusy | LeaseLost | Cancelled => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -68,7 +68,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         CommandNotFound | CommandNotExecutable => StatusCode::UNPROCESSABLE_ENTITY,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
         QueueFull | SandboxSetup => StatusCode::SERVICE_UNAVAILABLE,
-        BuildFailed | Io | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        BuildFailed | Io | Internal | WorkerLost => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

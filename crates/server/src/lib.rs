@@ -99,12 +99,19 @@ pub struct Server {
     pub state: Arc<AppState>,
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
+    /// Tells the in-process workers to claim nothing more.
+    workers_stop: watch::Sender<bool>,
+    _workers: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
     /// Stops accepting, lets requests in flight finish (up to `grace`), and returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
+        // No new claims. Jobs running here are not waited for: when the process
+        // ends their sandboxes die with it, their leases expire, and the queue
+        // gives them to a worker again (this server after a restart, or another).
+        let _ = self.workers_stop.send(true);
         let _ = tokio::time::timeout(grace, self.accept).await;
     }
 }
@@ -127,17 +134,48 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
             .await
             .context("opening the engine")??,
     );
-    let db = Arc::new(Db::open(&cfg.data_dir.join("runbox.db"), cfg.results_max_bytes).await?);
+    let url = cfg.database_url();
+    let queue = runbox_queue::Queue::open(&url)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&url)))?;
+    let db = Arc::new(Db::open(queue.pool().clone(), cfg.results_max_bytes).await?);
     let metrics = Arc::new(Metrics::new());
-    let runner = Runner::start(
-        engine.clone(),
+    let runner = Runner::new(
+        queue,
         db.clone(),
         metrics.clone(),
         cfg.workers,
-        cfg.queue_capacity,
+        engine.backend().name().to_owned(),
+        runner::QueuePolicy {
+            capacity: cfg.queue_capacity,
+            lease: cfg.lease,
+            max_attempts: cfg.max_attempts,
+            poll: cfg.queue_poll,
+        },
         cfg.job_retention,
-        tokio::runtime::Handle::current(),
     );
+    // The in-process workers: the same loop, and the same queue calls, as a
+    // remote `runbox worker`.
+    let (workers_stop, workers_stopped) = watch::channel(false);
+    let workers = if cfg.workers > 0 {
+        let coord = Arc::new(runner::LocalCoordinator {
+            runner: runner.clone(),
+            worker_id: format!("local-{}", std::process::id()),
+        });
+        let options = runbox_worker::WorkerOptions {
+            slots: cfg.workers,
+            claim_wait: Duration::from_secs(5),
+            labels: Vec::new(),
+        };
+        Some(tokio::spawn(runbox_worker::run(
+            engine.clone(),
+            coord,
+            options,
+            workers_stopped,
+        )))
+    } else {
+        None
+    };
     let builder = Arc::new(Builder::new(
         &catalog,
         engine.store(),
@@ -175,6 +213,8 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
         state,
         stop,
         accept,
+        workers_stop,
+        _workers: workers,
     })
 }
 
@@ -188,6 +228,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/jobs", post(api::create_job))
         .route("/api/jobs/{id}", get(api::job))
         .route("/api/jobs/{id}/events", get(api::job_events))
+        .route("/api/jobs/{id}/cancel", post(api::cancel_job))
         .route(
             "/api/results/{key}",
             get(api::result).delete(api::delete_result),
@@ -339,11 +380,37 @@ async fn accept_loop(
 
 /// Periodic upkeep: expired jobs, idle rate-limit buckets.
 async fn housekeeping(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    // Expired leases are looked for every second (a job leaves a dead worker
+    // within lease + 1 s); jobs other servers moved, every poll interval.
+    let mut leases = tokio::time::interval(Duration::from_secs(1));
+    let mut sync = tokio::time::interval(state.cfg.queue_poll);
+    let mut slow = tokio::time::interval(Duration::from_secs(30));
+    for t in [&mut leases, &mut sync, &mut slow] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
-        tick.tick().await;
-        state.runner.prune();
-        state.limits.sweep();
+        tokio::select! {
+            _ = leases.tick() => state.runner.reap().await,
+            _ = sync.tick() => state.runner.sync().await,
+            _ = slow.tick() => {
+                state.runner.prune().await;
+                state.limits.sweep();
+            }
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::types::*;
     info(title = "runbox", description = "Run untrusted programs in sandboxes: the HTTP API of `runbox serve`. Guide: docs/api.md."),
     paths(
         api::programs, api::program, api::catalog, api::run, api::create_job, api::job,
-        api::job_events, api::result, api::delete_result, api::build_catalog, api::gc,
+        api::job_events, api::cancel_job, api::result, api::delete_result, api::build_catalog, api::gc,
         api::healthz, api::metrics,
     ),
     components(schemas(ErrorResponse, RunRequest, RunResponse, JobAccepted, JobInfo, JobPhase,

@@ -83,6 +83,7 @@ pub enum JobPhase {
     Running,
     Done,
     Failed,
+    Cancelled,
 }
 
 /// `GET /api/jobs/{id}`.
