@@ -206,6 +206,14 @@ export async function runJob(req: RunRequest, onPhase: (p: JobPhase) => void): P
         reject(new ApiError(err?.code ?? "failed", err?.message ?? "The job failed."));
       }),
     );
+    // Cancelled: the partial result when it was stopped while running.
+    source.addEventListener("cancelled", (ev) =>
+      finish(() => {
+        const r = parse(ev) as Partial<RunResponse>;
+        if (r.result) resolve(r as RunResponse);
+        else reject(new ApiError("cancelled", "The job was cancelled before it ran."));
+      }),
+    );
     source.addEventListener("error", () => {
       if (settled) return;
       source.close();
@@ -222,6 +230,10 @@ async function poll(id: string, onPhase: (p: JobPhase) => void): Promise<RunResp
     const info = await api.job(id);
     if (info.status === "done" && info.response) return info.response;
     if (info.status === "failed") throw new ApiError(info.error?.code ?? "failed", info.error?.message ?? "The job failed.");
+    if (info.status === "cancelled") {
+      if (info.response) return info.response;
+      throw new ApiError("cancelled", info.error?.message ?? "The job was cancelled before it ran.");
+    }
     onPhase(info.status === "running" ? "running" : "queued");
     await new Promise((r) => setTimeout(r, delay));
   }

@@ -67,6 +67,8 @@ export function statusLine(r: JobResult): { text: string; tone: Tone } {
       return { text: `Stopped: it started too many processes (the ${limitWords("pids", r.limits)})`, tone: "bad" };
     case "file_size_limit":
       return { text: `Stopped: it wrote a file larger than the ${limitWords("file_size", r.limits)}`, tone: "bad" };
+    case "cancelled":
+      return { text: "Cancelled: it was stopped on request", tone: "warn" };
     default:
       return { text: `Ended: ${r.status.replace(/_/g, " ")}`, tone: "bad" };
   }
