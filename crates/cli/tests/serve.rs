@@ -708,3 +708,99 @@ fn the_playground_works_in_a_real_browser() {
         .count();
     assert!(pngs >= 3, "screenshots kept: {pngs} in {}", shots.display());
 }
+
+/// Polls `GET /api/jobs/{id}` until it has `status` (bounded).
+fn until_status(s: &TestServer, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = s.get(&format!("/api/jobs/{id}")).json();
+        if info["status"] == status {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never became {status}: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cancelling_stops_a_running_job_and_a_waiting_one_never_runs() {
+    // A 3 s lease: heartbeats, which carry the cancellation, every second.
+    let (_rb, s) = busybox_server(&["--workers", "1", "--lease", "3s"]);
+    let running = s
+        .post_json("/api/jobs", &sh("echo started; sleep 30; echo never"))
+        .json();
+    let rid = running["id"].as_str().unwrap().to_owned();
+    until_status(&s, &rid, "running");
+    // With the only worker busy, this one waits.
+    let waiting = s.post_json("/api/jobs", &sh("echo waited")).json();
+    let wid = waiting["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        s.get(&format!("/api/jobs/{wid}")).json()["status"],
+        "queued"
+    );
+
+    let c = s.post_json(&format!("/api/jobs/{wid}/cancel"), &json!({}));
+    assert_eq!(c.status, 200, "{}", c.text());
+    assert_eq!(c.json()["status"], "cancelled");
+    let again = s.post_json(&format!("/api/jobs/{wid}/cancel"), &json!({}));
+    assert_eq!((again.status, again.code().as_str()), (409, "cancelled"));
+
+    let t = Instant::now();
+    let c = s.post_json(&format!("/api/jobs/{rid}/cancel"), &json!({}));
+    assert_eq!(c.status, 202, "{}", c.text());
+    // The worker learns it on its next heartbeat (a third of the lease).
+    let events = s.get(running["events_url"].as_str().unwrap()).text();
+    let (name, data) = sse(&events).pop().unwrap();
+    assert_eq!(name, "cancelled", "{events}");
+    let partial: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(partial["result"]["status"], "cancelled");
+    assert_eq!(partial["result"]["stdout"], "started\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stopped within a heartbeat or two: {:?}",
+        t.elapsed()
+    );
+    // The waiting job never ran; a cancelled result is not a cache entry.
+    assert_eq!(until_status(&s, &wid, "cancelled")["response"], Value::Null);
+    let stored = s.get(&format!(
+        "/api/results/{}",
+        partial["key"].as_str().unwrap()
+    ));
+    assert_eq!(stored.status, 404);
+    let missing = s.post_json("/api/jobs/ffffffffffffffff/cancel", &json!({}));
+    assert_eq!(missing.status, 404);
+}
+
+/// SECURITY-CHECKLIST 24: a server killed mid-job loses nothing. The job is in
+/// the database; after a restart its lease runs out, it is claimed again, and
+/// it ends once.
+#[test]
+fn a_server_killed_mid_job_finishes_the_job_after_a_restart() {
+    let rb = Runbox::new().with_busybox();
+    let args = ["--no-build", "--workers", "1", "--lease", "2s"];
+    let first = TestServer::start(Path::new(BIN), &rb.data(), &args);
+    let accepted = first
+        .post_json("/api/jobs", &sh("echo attempt; sleep 1; echo finished"))
+        .json();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    until_status(&first, &id, "running");
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    drop(first);
+
+    let second = TestServer::start(Path::new(BIN), &rb.data(), &args);
+    // Not known to this process's memory: answered from the queue.
+    let info = until_status(&second, &id, "done");
+    let result = &info["response"]["result"];
+    assert_eq!(result["stdout"], "attempt\nfinished\n", "{info}");
+    let log = second.log();
+    assert!(
+        log.contains("lease expired: job re-queued"),
+        "the restart found the orphaned job: {log}"
+    );
+}
