@@ -22,7 +22,7 @@ pub struct Cli {
     pub data_dir: PathBuf,
 
     /// Log verbosity (error, warn, info, debug, trace, or a tracing filter);
-    /// default: info for `serve`, warn otherwise.
+    /// default: info for `serve` and `worker`, warn otherwise.
     #[arg(long, global = true, env = "RUNBOX_LOG", value_name = "LEVEL")]
     pub log: Option<String>,
 
@@ -72,6 +72,73 @@ pub enum Command {
     /// Build the catalog's images, or run every program on its examples.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Run jobs for a `runbox serve` on this machine: claim them over HTTP, run
+    /// them in sandboxes here, report the results (docs/workers.md). SIGTERM or
+    /// Ctrl+C drains: nothing new is claimed, running jobs finish and are reported.
+    Worker(Box<WorkerArgs>),
+    /// Manage the tokens of `runbox worker`s, in the server's database.
+    Workers(WorkersArgs),
+}
+
+/// `runbox worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The server's URL: http://HOST:PORT or https://HOST.
+    #[arg(long, env = "RUNBOX_SERVER", value_name = "URL")]
+    pub server: String,
+    /// The worker's token (rbw_..., from `runbox workers create NAME`). Prefer
+    /// the environment variable: other users can read arguments with `ps`.
+    #[arg(
+        long,
+        env = "RUNBOX_WORKER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: String,
+    /// Labels this worker advertises (comma-separated); jobs may require them.
+    #[arg(long, value_delimiter = ',', value_name = "LABEL,...")]
+    pub labels: Vec<String>,
+    /// Jobs run at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Longest single claim request (a long poll, at most 60s); lower it when a
+    /// proxy on the way cuts idle requests sooner.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub claim_wait: u64,
+}
+
+/// `runbox workers`: acts on the server's database directly (run it where the
+/// server's data directory or database is reachable).
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// The server's database (postgres://...; default: SQLite at DATA_DIR/runbox.db).
+    #[arg(long, global = true, env = "RUNBOX_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    #[command(subcommand)]
+    pub command: WorkersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// Create a worker and print its token (shown only this once).
+    Create {
+        /// 1-64 letters, digits, '-', '_' or '.'.
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the workers: when each was last seen, and what it advertised.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a worker's token (by name or id): its next call is refused.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `runbox serve`. Every limit has a default good for one machine.
@@ -85,7 +152,8 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     pub listen: std::net::SocketAddr,
-    /// Jobs run at once (default: the number of CPUs).
+    /// Jobs run at once by the server itself (default: the number of CPUs); 0
+    /// runs none here, leaving them to `runbox worker`s (docs/workers.md).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Jobs that may wait for a worker; past that, new jobs get 503 + Retry-After.

@@ -16,6 +16,8 @@ mod run;
 mod script;
 mod serve;
 mod units;
+mod worker;
+mod workers;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
         }
     };
     let level = cli.log.clone().unwrap_or_else(|| {
-        if matches!(cli.command, Command::Serve(_)) {
+        if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
             "info"
         } else {
             "warn"
@@ -135,6 +137,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             &*catalog::load(&cli.data_dir, cli.catalog.as_deref())?,
             args,
         ),
+        Command::Worker(args) => worker::run(&cli.data_dir, cli.catalog.as_deref(), *args),
+        Command::Workers(args) => workers::run(&cli.data_dir, args),
         Command::Catalog(cmd) => catalog::run(
             &cli.data_dir,
             catalog::load(&cli.data_dir, cli.catalog.as_deref())?,

@@ -67,10 +67,11 @@ impl Db {
     }
 
     async fn recount(&self) -> sqlx::Result<i64> {
-        let total: i64 = sqlx::query("SELECT COALESCE(SUM(bytes), 0) AS n FROM results")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
+        let total: i64 =
+            sqlx::query("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS n FROM results")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
         self.total_bytes.store(total, Ordering::Relaxed);
         Ok(total)
     }

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod runner;
 pub mod types;
 pub mod ui;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,8 @@ pub struct AppState {
     pub limits: RateLimit,
     pub admin_token: String,
     pub started: Instant,
+    /// Turns true when the server starts stopping (long polls end at once).
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -190,6 +193,7 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         bodies: BodyBudget::new(cfg.body_limit, cfg.body_limit * 8, cfg.body_timeout),
         limits: RateLimit::new(cfg.rate_per_minute, cfg.rate_burst),
@@ -202,9 +206,9 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
         metrics,
         admin_token,
         started: Instant::now(),
+        stopping: stopped.clone(),
     });
     let app = router(state.clone());
-    let (stop, stopped) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, app, state.clone(), stopped));
     tokio::spawn(housekeeping(state.clone()));
     Ok(Server {
@@ -235,6 +239,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/admin/catalog/build", post(api::build_catalog))
         .route("/api/admin/gc", post(api::gc))
+        .route(
+            "/api/admin/workers",
+            post(workers::create_worker).get(workers::list_workers),
+        )
+        .route(
+            "/api/admin/workers/{name}",
+            axum::routing::delete(workers::revoke_worker),
+        )
+        .route("/api/worker/me", get(workers::me))
+        .route("/api/worker/claim", post(workers::claim))
+        .route("/api/worker/jobs/{id}/start", post(workers::start))
+        .route("/api/worker/jobs/{id}/heartbeat", post(workers::heartbeat))
+        .route("/api/worker/jobs/{id}/result", post(workers::result))
         .route(
             "/api/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),

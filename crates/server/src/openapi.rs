@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 use crate::api;
 use crate::error::ErrorResponse;
 use crate::types::*;
+use crate::workers::{self, *};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -15,10 +16,15 @@ use crate::types::*;
         api::programs, api::program, api::catalog, api::run, api::create_job, api::job,
         api::job_events, api::cancel_job, api::result, api::delete_result, api::build_catalog, api::gc,
         api::healthz, api::metrics,
+        workers::me, workers::claim, workers::start, workers::heartbeat, workers::result,
+        workers::create_worker, workers::list_workers, workers::revoke_worker,
     ),
     components(schemas(ErrorResponse, RunRequest, RunResponse, JobAccepted, JobInfo, JobPhase,
         StoredResult, ProgramInfo, ProgramList, CatalogStatus, ImageBuild, BuildState,
-        BuildRequest, GcSummary, Health)),
+        BuildRequest, GcSummary, Health,
+        WorkerCapabilities, ClaimRequest, JobRequirements, WorkerClaim, LeaseRequest,
+        HeartbeatResponse, WorkerOutcome, ResultRequest, ResultAnswer, ResultResponse,
+        WorkerIdentity, NewWorker, CreatedWorker, WorkerInfo, WorkerList)),
     modifiers(&AdminAuth),
 )]
 pub struct ApiDoc;
@@ -34,6 +40,17 @@ impl Modify for AdminAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("the server's admin token (DATA_DIR/admin-token)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "worker",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a worker token, rbw_... (`runbox workers create NAME`; docs/workers.md)",
+                    ))
                     .build(),
             ),
         );
