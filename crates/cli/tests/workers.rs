@@ -350,7 +350,48 @@ on_both_databases!(
     sigterm_drains_the_worker,
     the_claim_long_poll_ends_when_the_server_stops,
     a_result_over_the_body_limit_fails_the_job_with_the_reason,
+    jobs_requiring_labels_go_only_to_workers_that_have_them,
 );
+
+fn jobs_requiring_labels_go_only_to_workers_that_have_them(db: Db) {
+    let c = Coordinator::start(db, "labels");
+    let plain = c.worker("plain", &[]);
+    let gpu = c.worker("gpu", &["--labels", "gpu,fast"]);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut req = sh(&format!("echo needs-gpu {i}"));
+        req["requires"] = json!({"labels": ["gpu"]});
+        ids.push(c.submit(&req));
+    }
+    for id in &ids {
+        c.wait_status(id, "done", Duration::from_secs(30));
+    }
+    let mut on_gpu = gpu.claimed();
+    on_gpu.sort();
+    ids.sort();
+    assert_eq!(on_gpu, ids, "every gpu job ran on the gpu worker");
+    assert!(plain.claimed().is_empty(), "{:?}", plain.claimed());
+    // A label no worker has: the job waits rather than running anywhere.
+    let mut req = sh("echo never");
+    req["requires"] = json!({"labels": ["tpu"]});
+    let id = c.submit(&req);
+    let plain_id = c.submit(&sh("echo plain"));
+    c.wait_status(&plain_id, "done", Duration::from_secs(30));
+    assert_eq!(c.job(&id)["status"], "queued");
+    // Malformed requirements are refused naming the field.
+    let bad = c.s.post_json(
+        "/api/jobs",
+        &json!({"image": "busybox", "argv": ["true"], "requires": {"labels": ["no spaces"]}}),
+    );
+    assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_argument"));
+    assert!(bad.text().contains("requires.labels"), "{}", bad.text());
+    let bad = c.s.post_json(
+        "/api/jobs",
+        &json!({"image": "busybox", "argv": ["true"], "requires": {"colour": "red"}}),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("colour"), "{}", bad.text());
+}
 
 fn a_job_runs_on_a_remote_worker_and_its_result_is_cached(db: Db) {
     let c = Coordinator::start(db, "cached");

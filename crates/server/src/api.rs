@@ -387,6 +387,7 @@ async fn submit(
     let request_json = serde_json::to_string(&req).map_err(ApiError::internal)?;
     let engine = s.engine.clone();
     let spec = req.spec;
+    let requires = req.requires;
     let prepared: Result<PreparedJob, EngineError> =
         tokio::task::spawn_blocking(move || engine.prepare(spec))
             .await
@@ -431,7 +432,7 @@ async fn submit(
             ));
         }
     }
-    let (id, rx) = s.runner.submit(job, request_json).await?;
+    let (id, rx) = s.runner.submit(job, request_json, &requires).await?;
     tracing::Span::current().record("job_id", &id);
     Ok(Submitted::Queued(id, rx))
 }

@@ -158,6 +158,7 @@ impl Runner {
         &self,
         job: PreparedJob,
         request_json: String,
+        requires: &crate::types::JobRequires,
     ) -> Result<(String, watch::Receiver<JobState>), ApiError> {
         let id = job.id().to_owned();
         let waiting = self.queue.queued().await.map_err(ApiError::internal)?;
@@ -174,9 +175,10 @@ impl Runner {
             cache_key: job.cache_key().to_owned(),
             request: request_json,
             requires: Requirements {
+                labels: requires.labels.clone(),
+                arch: requires.arch.clone(),
                 image: Some(job.image_digest().to_owned()),
                 backend: Some(self.backend.clone()),
-                ..Default::default()
             },
             max_attempts: self.policy.max_attempts,
         };

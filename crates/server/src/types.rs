@@ -8,15 +8,67 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
-/// A job to run: a `JobSpec` (its fields at the top level) plus `cache`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A job to run: a `JobSpec` (its fields at the top level) plus `cache` and
+/// `requires`.
+#[derive(Debug, Clone, Serialize)]
 pub struct RunRequest {
     #[serde(flatten)]
     pub spec: JobSpec,
     /// Answer from the result cache when the same job ran before (default true).
     /// `false` always runs, and stores the new result.
     pub cache: bool,
+    /// What a worker must have to be given the job (docs/workers.md).
+    #[serde(skip_serializing_if = "JobRequires::is_empty")]
+    pub requires: JobRequires,
 }
+
+/// Worker requirements of a job: labels the worker must all have, and its CPU
+/// architecture. (The image and the backend are required by the server itself.)
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequires {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// `x86_64`, `aarch64`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+impl JobRequires {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.arch.is_none()
+    }
+}
+
+/// The schema: JobSpec's object with `cache` and `requires` added (a derived
+/// `allOf` would inherit JobSpec's `additionalProperties: false` and match no
+/// request with either field).
+impl utoipa::PartialSchema for RunRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::RefOr;
+        let mut schema = <JobSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(obj)) = &mut schema {
+            obj.properties.insert(
+                "cache".into(),
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some(
+                        "Answer from the result cache when the same job ran before (default true)",
+                    ))
+                    .into(),
+            );
+            obj.properties.insert(
+                "requires".into(),
+                <JobRequires as utoipa::PartialSchema>::schema(),
+            );
+            obj.description = Some("A JobSpec plus `cache` and `requires`".into());
+        }
+        schema
+    }
+}
+
+impl ToSchema for RunRequest {}
 
 impl RunRequest {
     /// Parses a JSON body. Unknown fields, wrong types and bad payloads are
@@ -38,6 +90,23 @@ impl RunRequest {
                 )))
             }
         };
+        let requires = match map.remove("requires") {
+            None => JobRequires::default(),
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                ApiError::bad_request(format!("requires.{}: {}", e.path(), e.inner()))
+            })?,
+        };
+        if let Some(bad) = requires.labels.iter().find(|l| {
+            l.is_empty()
+                || l.len() > 64
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "requires.labels: {bad:?} is not a label (1-64 letters, digits, '-', '_', '.', ':')"
+            )));
+        }
         let spec: JobSpec = serde_path_to_error::deserialize(serde_json::Value::Object(map))
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -47,7 +116,11 @@ impl RunRequest {
                     ApiError::bad_request(format!("{path}: {}", e.inner()))
                 }
             })?;
-        Ok(RunRequest { spec, cache })
+        Ok(RunRequest {
+            spec,
+            cache,
+            requires,
+        })
     }
 }
 

@@ -305,6 +305,7 @@ fn plan(
     })?;
     if let Some(obj) = value.as_object_mut() {
         obj.remove("cache");
+        obj.remove("requires");
         if let (Some(digest), Some(img)) = (image, obj.get("image")) {
             if img.as_str().is_some_and(|s| !s.is_empty()) {
                 obj.insert("image".into(), serde_json::Value::String(digest));
