@@ -778,9 +778,22 @@ fn cancelling_stops_a_running_job_and_a_waiting_one_never_runs() {
 /// the database; after a restart its lease runs out, it is claimed again, and
 /// it ends once.
 #[test]
-fn a_server_killed_mid_job_finishes_the_job_after_a_restart() {
+fn a_server_killed_mid_job_finishes_the_job_after_a_restart_sqlite() {
+    killed_mid_job(None);
+}
+
+#[test]
+fn a_server_killed_mid_job_finishes_the_job_after_a_restart_postgres() {
+    let url = runbox_testkit::postgres::TestPostgres::shared().fresh_database("restart");
+    killed_mid_job(Some(url));
+}
+
+fn killed_mid_job(database: Option<String>) {
     let rb = Runbox::new().with_busybox();
-    let args = ["--no-build", "--workers", "1", "--lease", "2s"];
+    let mut args = vec!["--no-build", "--workers", "1", "--lease", "2s"];
+    if let Some(url) = &database {
+        args.extend(["--database", url.as_str()]);
+    }
     let first = TestServer::start(Path::new(BIN), &rb.data(), &args);
     let accepted = first
         .post_json("/api/jobs", &sh("echo attempt; sleep 1; echo finished"))
