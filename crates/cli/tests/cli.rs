@@ -496,9 +496,20 @@ fn a_crashed_runbox_leaves_nothing_a_later_start_does_not_clean() {
         );
     }
     assert!(sandbox_procs().is_empty());
-    // Its cgroup is the one thing left; the next runbox start sweeps it.
-    let out = rb.run(&["run", "busybox", "--", "true"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // Its cgroup is the one thing left; the next runbox start sweeps it. Several
+    // starting at once all find it, one removes it, and none may fail for that.
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            rb.cmd(&["run", "busybox", "--", "true"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for s in starts {
+        let out = s.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    }
     for ctrl in ["memory", "pids", "cpu", "cpuacct"] {
         if let Ok(rd) = std::fs::read_dir(format!("/sys/fs/cgroup/{ctrl}/runbox")) {
             for e in rd.flatten() {

@@ -182,11 +182,19 @@ impl NamespaceBackend {
             if instance_tag(pid).is_some_and(|t| t == format!("{pid}.{start}")) {
                 continue; // its owner is alive (possibly us)
             }
+            // Best effort: several runbox processes starting at once may sweep the
+            // same leftover, and all but one then find it gone. A cgroup that
+            // cannot be removed now is tried again at the next start; it must
+            // not stop this one.
             let cg = self.cgroups.open(&name);
-            cg.kill_all()?;
-            cg.remove()?;
-            tracing::info!(cgroup = %name, "removed a crashed runbox's leftover cgroup");
-            report.cgroups_removed += 1;
+            match cg.kill_all().and_then(|()| cg.remove()) {
+                Ok(()) => {
+                    tracing::info!(cgroup = %name, "removed a crashed runbox's leftover cgroup");
+                    report.cgroups_removed += 1;
+                }
+                Err(e) => tracing::debug!(cgroup = %name, error = %e,
+                    "a crashed runbox's leftover cgroup was not removed (another runbox may have removed it first)"),
+            }
         }
         Ok(report)
     }
