@@ -38,72 +38,15 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use runbox_benches::serve::{checked_run, metric, sh, Server};
 use runbox_benches::{loadavg, pct, Rng};
 use serde_json::{json, Value};
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A `runbox serve` child on a free loopback port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(runbox: &Path, data: &Path, workers: Option<usize>, log: PathBuf) -> Result<Server> {
-        let mut child = Command::new(runbox)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-build"])
-            .args(["--rate-limit", "0"])
-            .args(workers.map(|w| format!("--workers={w}")))
-            .env("RUNBOX_DATA_DIR", data)
-            .env_remove("RUNBOX_LOG")
-            .env_remove("RUNBOX_CATALOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting runbox serve")?;
-        let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        // Anything more on stdout must not fill the pipe and stall the server.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let Some(url) = line.trim().strip_prefix("runbox serve: listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "runbox serve did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Ok(Server {
-            url: url.to_owned(),
-            child,
-            log,
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -184,32 +127,9 @@ impl Ctx {
         } else {
             &self.uncached_body
         };
-        let t = Instant::now();
-        let resp = self
-            .client
-            .post(&self.run_url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let text = || String::from_utf8_lossy(&bytes).into_owned();
-        ensure!(status == 200, "POST /api/run: status {status}: {}", text());
-        let v: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("POST /api/run: not JSON: {}", text()))?;
-        ensure!(
-            v["cached"] == cached,
-            "POST /api/run: expected cached: {cached}: {}",
-            text()
-        );
+        let (ms, v) = checked_run(&self.client, &self.run_url, body, cached).await?;
         let r = &v["result"];
-        ensure!(
-            r["status"] == "ok" && r["exit_code"] == 0,
-            "POST /api/run: the job did not exit 0: {}",
-            text()
-        );
+        let text = || v.to_string();
         let timings = if cached {
             None
         } else {
@@ -272,14 +192,6 @@ impl Ctx {
     }
 }
 
-/// The sum of the /metrics samples whose name and labels start with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let n = args.next().transpose()?.unwrap_or(1000).max(1);
@@ -309,7 +221,13 @@ fn main() -> Result<()> {
         .map(|w| w.parse::<usize>())
         .transpose()
         .context("BENCH_WORKERS")?;
-    let server = Server::start(&runbox, &server_data, workers, tmp.path().join("serve.log"))?;
+    let workers_arg = workers.map(|w| format!("--workers={w}"));
+    let server = Server::start(
+        &runbox,
+        &server_data,
+        &workers_arg.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path().join("serve.log"),
+    )?;
 
     let job = json!({"image": "busybox", "argv": ["/bin/true"]});
     let mut uncached = job.clone();

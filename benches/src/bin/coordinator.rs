@@ -76,92 +76,15 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use runbox_benches::serve::{checked_run, first_line, metric, sh, tail, Server};
 use runbox_benches::{loadavg, pct, Rng};
 use serde_json::{json, Value};
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The last `n` lines of a log file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Reads a child's first stdout line, then drains the rest in a thread (so
-/// more output cannot fill the pipe and stall it).
-fn first_line(child: &mut Child) -> Result<String> {
-    let mut out = BufReader::new(child.stdout.take().context("stdout not piped")?);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Ok(line.trim().to_owned())
-}
-
-/// A `runbox serve` child on a free loopback port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(runbox: &Path, data: &Path, args: &[&str], log: PathBuf) -> Result<Server> {
-        let mut child = Command::new(runbox)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-build"])
-            .args(["--rate-limit", "0"])
-            .args(args)
-            .env("RUNBOX_DATA_DIR", data)
-            .env_remove("RUNBOX_LOG")
-            .env_remove("RUNBOX_CATALOG")
-            .env_remove("RUNBOX_DATABASE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting runbox serve")?;
-        let line = first_line(&mut child)?;
-        let Some(url) = line.strip_prefix("runbox serve: listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("runbox serve did not start: {line:?}\n{}", tail(&log, 20));
-        };
-        Ok(Server {
-            url: url.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    /// An error with the end of this server's log.
-    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
-        e.context(format!(
-            "the server's log ({}) ends with:\n{}",
-            self.log.display(),
-            tail(&self.log, 20)
-        ))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One `runbox worker` process's setup: its token and its own data directory.
 struct WorkerSpec {
@@ -392,32 +315,10 @@ struct Ctx {
 
 impl Ctx {
     async fn run(&self, base: &str) -> Result<Sample> {
-        let t = Instant::now();
-        let resp = self
-            .client
-            .post(format!("{base}/api/run"))
-            .header("content-type", "application/json")
-            .body(self.body.clone())
-            .send()
-            .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let text = || String::from_utf8_lossy(&bytes).into_owned();
-        ensure!(status == 200, "POST /api/run: status {status}: {}", text());
-        let v: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("POST /api/run: not JSON: {}", text()))?;
-        ensure!(
-            v["cached"] == false,
-            "POST /api/run: expected cached: false: {}",
-            text()
-        );
+        let url = format!("{base}/api/run");
+        let (ms, v) = checked_run(&self.client, &url, &self.body, false).await?;
         let r = &v["result"];
-        ensure!(
-            r["status"] == "ok" && r["exit_code"] == 0,
-            "POST /api/run: the job did not exit 0: {}",
-            text()
-        );
+        let text = || v.to_string();
         let sandbox_ms = r["timings"]["total_ms"]
             .as_f64()
             .with_context(|| format!("result.timings.total_ms missing: {}", text()))?;
@@ -502,14 +403,6 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-/// The sum of the /metrics samples whose name and labels start with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Checks that a server's /metrics counts exactly `sent` jobs, all ok, and no
