@@ -67,6 +67,14 @@ pub enum ErrorCode {
     /// A worker acted on a job it no longer holds (its lease expired, or the job
     /// is another worker's).
     LeaseLost,
+    /// A live sandbox has ended (deleted, expired, or its init was killed): create
+    /// a new one.
+    SandboxEnded,
+    /// A system could not be provisioned (a lifecycle script failed or a dataset
+    /// did not match its digest); the message has the script's output.
+    ProvisionFailed,
+    /// Too many live sandboxes; delete one or retry later.
+    TooManySandboxes,
     /// A bug in runbox.
     Internal,
 }
@@ -102,6 +110,9 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::WorkerLost => "worker_lost",
             ErrorCode::LeaseLost => "lease_lost",
+            ErrorCode::SandboxEnded => "sandbox_ended",
+            ErrorCode::ProvisionFailed => "provision_failed",
+            ErrorCode::TooManySandboxes => "too_many_sandboxes",
             ErrorCode::Internal => "internal",
         }
     }

@@ -19,7 +19,7 @@ use runbox_core::{ErrorCode, JobResult};
 
 pub use cancel::{CancelToken, Cancellable};
 pub use namespace::netns::NetnsPool;
-pub use namespace::{NamespaceBackend, NamespaceConfig, SweepReport};
+pub use namespace::{LiveSandbox, NamespaceBackend, NamespaceConfig, SweepReport};
 pub use plan::{plan, ImageDefaults, JobPlan, PlanError, RunImage};
 
 /// Live events of a running job, and the way to cancel it. Every method has a
@@ -84,6 +84,60 @@ pub trait Backend: Send + Sync {
     /// Runs one job in a fresh sandbox that is destroyed afterwards, leaving nothing
     /// behind on the host.
     fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError>;
+    /// Creates a live sandbox: the image's layers under a fresh writable layer,
+    /// isolated like a job's, in which commands are then executed one by one.
+    fn create(&self, plan: &LivePlan) -> Result<Box<dyn Sandbox>, SandboxError>;
+}
+
+/// What a live sandbox is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePlan {
+    /// Names its cgroups and log lines (`a-z 0-9 - _`).
+    pub id: String,
+    pub image: RunImage,
+    pub hostname: String,
+    /// The whole sandbox's limits: memory, pids and CPU bandwidth of what keeps
+    /// running between execs, and the writable layer's size. Each exec has its own.
+    pub limits: runbox_core::Limits,
+}
+
+/// A live sandbox. Dropping it kills everything in it and removes it.
+pub trait Sandbox: Send + Sync + std::fmt::Debug {
+    fn id(&self) -> &str;
+    /// Runs a command in the sandbox with the plan's own limits, stdin, inputs
+    /// and outputs (the plan's image and hostname are the sandbox's, not read).
+    /// Processes the command leaves behind are killed when it ends, unless
+    /// `keep_running` (daemons): then they stay, under the sandbox's limits.
+    fn exec(
+        &self,
+        plan: &JobPlan,
+        keep_running: bool,
+        events: &mut dyn JobEvents,
+    ) -> Result<JobResult, SandboxError>;
+    /// Writes a file (missing directories are created), owned by `owner` (the
+    /// default unprivileged user when `None`). Links are never followed.
+    fn put_file(
+        &self,
+        file: &plan::PlannedInput,
+        owner: Option<&user::UserSpec>,
+    ) -> Result<(), SandboxError>;
+    /// Reads a file, or every file under a directory, up to `max_bytes` in all.
+    fn get_file(&self, path: &str, max_bytes: u64) -> Vec<runbox_core::OutputFile>;
+    /// Whether its init still holds it (false once killed, e.g. by the OOM killer).
+    fn is_alive(&self) -> bool;
+    /// Ends every process in the sandbox and returns its writable layer, which no
+    /// process can change any more: what a snapshot is made of.
+    fn freeze(self: Box<Self>) -> Result<FrozenLayer, SandboxError>;
+}
+
+/// The changes a sandbox made to its image, frozen: an overlayfs upper directory
+/// (whiteouts as 0:0 character devices, opaque directories by xattr), with owners
+/// in the sandbox's host id range. Read it through the descriptor only, never
+/// following a link: the sandbox wrote it.
+#[derive(Debug)]
+pub struct FrozenLayer {
+    pub dir: std::os::fd::OwnedFd,
+    pub id_map: runbox_core::IdMap,
 }
 
 /// Why a job could not be run (as opposed to a program that ran and failed, which
@@ -112,6 +166,8 @@ pub enum SandboxError {
     Workdir { path: String, reason: String },
     #[error("user: {0}")]
     User(#[from] user::UserError),
+    #[error("sandbox {id} has ended{}", .reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Ended { id: String, reason: Option<String> },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -129,6 +185,7 @@ impl SandboxError {
             SandboxError::Input { .. } | SandboxError::Workdir { .. } => ErrorCode::InvalidPath,
             SandboxError::User(_) => ErrorCode::InvalidArgument,
             SandboxError::Io { .. } => ErrorCode::Io,
+            SandboxError::Ended { .. } => ErrorCode::SandboxEnded,
         }
     }
 

@@ -66,7 +66,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         CommandNotFound | CommandNotExecutable => StatusCode::UNPROCESSABLE_ENTITY,
-        RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RateLimited | TooManySandboxes => StatusCode::TOO_MANY_REQUESTS,
+        SandboxEnded => StatusCode::GONE,
+        ProvisionFailed => StatusCode::UNPROCESSABLE_ENTITY,
         QueueFull | SandboxSetup => StatusCode::SERVICE_UNAVAILABLE,
         BuildFailed | Io | Internal | WorkerLost => StatusCode::INTERNAL_SERVER_ERROR,
     }

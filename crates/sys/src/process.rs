@@ -127,6 +127,41 @@ pub fn reset_signals() -> io::Result<()> {
     }
 }
 
+/// Makes this process ignore SIGCHLD with `SA_NOCLDWAIT`: its children (and the
+/// orphans a pid namespace's init inherits) are reaped by the kernel as they end,
+/// without a `wait`. Async-signal-safe.
+pub fn reap_children_automatically() -> io::Result<()> {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let ign = KernelSigaction {
+        handler: 1, // SIG_IGN
+        flags: libc::SA_NOCLDWAIT as u64,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction reads a valid kernel sigaction (SIG_IGN) of the size we
+    // pass (8 bytes of mask); no old action is requested.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::SIGCHLD,
+            &ign as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Where the kernel keeps this process's argument and environment strings (what
 /// `/proc/<pid>/cmdline` and `environ` show).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

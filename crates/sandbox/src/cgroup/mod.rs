@@ -81,7 +81,7 @@ pub trait Cgroups: Send + Sync + Debug {
 }
 
 /// The cgroup of one job.
-pub trait JobCgroup: Send + Debug {
+pub trait JobCgroup: Send + Sync + Debug {
     /// How the job's first process gets into this cgroup.
     fn join_by(&self) -> Result<JoinBy, CgroupError>;
     /// CPU time used so far, for enforcing the CPU-time limit while the job runs.
@@ -91,6 +91,49 @@ pub trait JobCgroup: Send + Debug {
     fn kill_all(&self) -> Result<(), CgroupError>;
     /// Removes the (empty) cgroup.
     fn remove(&self) -> Result<(), CgroupError>;
+    /// The `cgroup.procs` file of each hierarchy, in a fixed order (one on v2).
+    fn procs_files(&self) -> Vec<PathBuf>;
+}
+
+/// Moves every process of `from` into `to` (an exec's processes that keep running
+/// become the live sandbox's). A process may fork while we move; passes repeat
+/// until `from` is empty. Returns how many moves were made.
+pub fn move_procs(from: &dyn JobCgroup, to: &dyn JobCgroup) -> Result<usize, CgroupError> {
+    let mut moved = 0;
+    for (src, dst) in from.procs_files().iter().zip(to.procs_files()) {
+        let mut settled = false;
+        for _ in 0..64 {
+            let text = match std::fs::read_to_string(src) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(CgroupError::io(src, e)),
+            };
+            let pids: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            if pids.is_empty() {
+                settled = true;
+                break;
+            }
+            for pid in pids {
+                match std::fs::write(&dst, pid) {
+                    Ok(()) => moved += 1,
+                    // ESRCH: it ended meanwhile.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(CgroupError::io(&dst, e)),
+                }
+            }
+        }
+        if !settled && std::fs::metadata(src).is_ok() {
+            return Err(CgroupError::io(
+                src,
+                io::Error::other("processes keep appearing while being moved"),
+            ));
+        }
+    }
+    Ok(moved)
 }
 
 /// Picks the hierarchy to use: v2 when the unified hierarchy has the memory, pids
@@ -240,8 +283,12 @@ pub(crate) fn rmdir_if_present(path: &Path) -> Result<(), CgroupError> {
 
 /// SIGKILLs the pids listed in a `cgroup.procs` file until it is empty.
 pub(crate) fn kill_procs(procs: &Path) -> Result<(), CgroupError> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, pidfd_send_signal, PidfdFlags, Signal};
     // A process may fork between our read and our kill; a few passes settle it, and
-    // killing a pid namespace's init (always listed) takes the rest with it.
+    // killing a pid namespace's init (always listed) takes the rest with it. Each
+    // pass waits (bounded) until the processes it killed have exited: a process
+    // takes a moment to die, more so on a busy machine.
     for _ in 0..64 {
         let text = match std::fs::read_to_string(procs) {
             Ok(t) => t,
@@ -252,12 +299,25 @@ pub(crate) fn kill_procs(procs: &Path) -> Result<(), CgroupError> {
         if pids.is_empty() {
             return Ok(());
         }
+        let mut pidfds = Vec::with_capacity(pids.len());
         for pid in pids {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+                continue;
+            };
+            // Through a pidfd, so a pid reused meanwhile is never signalled.
+            if let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) {
+                let _ = pidfd_send_signal(&fd, Signal::KILL);
+                pidfds.push(fd);
             }
         }
-        std::thread::yield_now();
+        for fd in &pidfds {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            let ts = Timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            let _ = poll(&mut fds, Some(&ts));
+        }
     }
     Err(CgroupError::io(
         procs,

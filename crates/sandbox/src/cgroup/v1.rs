@@ -187,6 +187,10 @@ impl JobCgroup for JobCgroupV1 {
         Ok(())
     }
 
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs().iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
     fn remove(&self) -> Result<(), CgroupError> {
         let mut first_err = None;
         // Memory last (see `list`).

@@ -148,6 +148,10 @@ impl JobCgroup for JobCgroupV2 {
     fn remove(&self) -> Result<(), CgroupError> {
         rmdir_if_present(&self.dir)
     }
+
+    fn procs_files(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("cgroup.procs")]
+    }
 }
 
 #[cfg(test)]

@@ -48,12 +48,14 @@ pub(crate) enum Stage {
     Signals,
     /// execve failed for every candidate path.
     Exec,
+    /// Joining a live sandbox's namespaces (an exec into it).
+    EnterNamespaces,
 }
 
 impl Stage {
     pub(crate) fn from_u32(n: u32) -> Option<Stage> {
         use Stage::*;
-        const ALL: [Stage; 22] = [
+        const ALL: [Stage; 23] = [
             DeathSignal,
             JoinCgroup,
             Loopback,
@@ -76,6 +78,7 @@ impl Stage {
             Seccomp,
             Signals,
             Exec,
+            EnterNamespaces,
         ];
         ALL.into_iter().find(|s| *s as u32 == n)
     }
@@ -104,6 +107,7 @@ impl Stage {
             Stage::Seccomp => "installing the seccomp filter",
             Stage::Signals => "resetting signal handling",
             Stage::Exec => "executing the command",
+            Stage::EnterNamespaces => "entering the sandbox's namespaces",
         }
     }
 }
@@ -212,16 +216,41 @@ pub(crate) fn now_ns() -> u64 {
 pub(crate) const READY: u8 = b'R';
 /// The byte the parent sends once the maps are written and the inputs placed.
 pub(crate) const GO: u8 = b'G';
+/// A live sandbox's init, once set up completely (its cgroup namespace included)
+/// and holding.
+pub(crate) const HELD: u8 = b'H';
 /// Init's report when the program ends: this byte, then its wait status (4 bytes LE).
 pub(crate) const STATUS: u8 = b'S';
 
-/// Everything the child needs, prepared by the parent before the fork.
-pub(crate) struct ChildPlan<'a> {
-    pub sync: BorrowedFd<'a>,
+/// What the program's own process needs: its descriptors, ids and command.
+pub(crate) struct ProgramPlan<'a> {
     pub err: BorrowedFd<'a>,
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// Ids inside the sandbox to run the program as.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [rustix::process::Gid],
+    pub workdir: &'a CStr,
+    pub exec: &'a ExecArgs,
+    /// Paths to try for argv[0], in PATH order.
+    pub candidates: &'a [CString],
+    /// What `getppid` shows the program while the process that waits for it lives:
+    /// 1 (the sandbox's init) for a one-shot job, 0 for an exec into a live sandbox
+    /// (its waiter is outside the sandbox's pid namespace).
+    pub parent_pid: i32,
+}
+
+/// Everything the child needs, prepared by the parent before the fork.
+pub(crate) struct ChildPlan<'a> {
+    pub sync: BorrowedFd<'a>,
+    /// The program (ignored with `hold`).
+    pub prog: ProgramPlan<'a>,
+    /// A live sandbox: init runs no program, sends the writable layer's descriptor
+    /// with READY, and after GO only holds the namespaces (reaping orphans) until
+    /// the parent closes the sync socket or kills it.
+    pub hold: bool,
     /// cgroup v1: the job cgroup's `tasks` files, to move ourselves into (empty on v2,
     /// where the clone starts inside).
     pub cgroup_tasks: &'a [OwnedFd],
@@ -239,16 +268,8 @@ pub(crate) struct ChildPlan<'a> {
     pub proc_dir: &'a CStr,
     pub etc_hosts: &'a [u8],
     pub id_base: u32,
-    /// Ids inside the sandbox to run the program as.
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: &'a [rustix::process::Gid],
     pub hostname: &'a CStr,
     pub rlimits: &'a [(Resource, u64)],
-    pub workdir: &'a CStr,
-    pub exec: &'a ExecArgs,
-    /// Paths to try for argv[0], in PATH order.
-    pub candidates: &'a [CString],
     pub seccomp: &'a [libc::sock_filter],
     pub cap_last: u32,
     /// runbox's own argv/environment memory, wiped in the child.
@@ -293,13 +314,13 @@ pub(crate) fn spawn(
 fn run(plan: &ChildPlan<'_>) -> ! {
     match setup_and_exec(plan) {
         Ok(never) => match never {},
-        Err(e) => fail(plan, e),
+        Err(e) => fail(plan.prog.err, e),
     }
 }
 
 /// Reports `err` to the parent and exits.
-fn fail(plan: &ChildPlan<'_>, err: ChildError) -> ! {
-    let _ = rustix::io::write(plan.err, &err.to_bytes());
+fn fail(err_pipe: BorrowedFd<'_>, err: ChildError) -> ! {
+    let _ = rustix::io::write(err_pipe, &err.to_bytes());
     exit_now(match (err.stage, err.errno) {
         (Stage::Exec, libc::ENOENT) => 127,
         (Stage::Exec, _) => 126,
@@ -338,7 +359,7 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     )
     .map_err(at(Stage::MountTmpfs))?;
     marks.mark();
-    prepare_upper(p)?;
+    let upper = prepare_upper(p)?;
     marks.mark();
 
     // lowerdir names are relative to the layer store, which keeps the option short.
@@ -402,7 +423,14 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         .map_err(io_at(Stage::Unshare))?;
     marks.mark();
 
-    rustix::io::write(p.sync, &marks.to_bytes()).map_err(at(Stage::WaitForParent))?;
+    if p.hold {
+        // The parent keeps the writable layer's descriptor: after the sandbox's
+        // processes are gone, it reads the layer through it (to snapshot it).
+        send_fd(p.sync, &marks.to_bytes(), upper.as_fd()).map_err(at(Stage::WaitForParent))?;
+    } else {
+        rustix::io::write(p.sync, &marks.to_bytes()).map_err(at(Stage::WaitForParent))?;
+    }
+    drop(upper);
     // While the parent places the inputs: nothing exec'd from here may regain a
     // capability (even as root), and no signal stays ignored or blocked (only
     // ignored ones survive exec; Rust ignores SIGPIPE). The program inherits both.
@@ -424,23 +452,26 @@ fn setup_and_exec(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
         exit_now(125);
     }
 
+    if p.hold {
+        hold(p.sync)
+    }
     // This process stays as the sandbox's init (pid 1); the program runs as its child.
     // The kernel ignores signals that pid 1 has no handler for unless they come from
     // an ancestor namespace, so a program that is pid 1 would survive SIGXFSZ,
     // SIGXCPU and SIGPIPE, and nothing would reap orphans.
-    let pid = spawn_program(p)?;
-    init(p, pid)
+    let pid = spawn_program(&p.prog)?;
+    init(p.sync, pid)
 }
 
 /// Starts the program's process sharing init's memory (nothing to copy), with init
 /// suspended until it execs or fails.
 #[allow(unsafe_code)]
-fn spawn_program(p: &ChildPlan<'_>) -> Step<i32> {
+fn spawn_program(p: &ProgramPlan<'_>) -> Step<i32> {
     let mut stack = [0u8; 128 * 1024];
     let mut child = || -> i32 {
         match program(p) {
             Ok(never) => match never {},
-            Err(e) => fail(p, e),
+            Err(e) => fail(p.err, e),
         }
     };
     // SAFETY: `program` makes raw system calls on the prepared plan, writes only its
@@ -450,7 +481,7 @@ fn spawn_program(p: &ChildPlan<'_>) -> Step<i32> {
 }
 
 /// The program's process: drops every privilege and execs.
-fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
+fn program(p: &ProgramPlan<'_>) -> Step<std::convert::Infallible> {
     use rustix::process::Signal;
     // Everything below is allowed by the seccomp filter init installed before GO.
     rustix::thread::set_thread_groups(p.groups).map_err(at(Stage::SetIds))?;
@@ -460,10 +491,10 @@ fn program(p: &ChildPlan<'_>) -> Step<std::convert::Infallible> {
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(at(Stage::SetIds))?;
     drop_capabilities()?;
     // Changing credentials cleared the death signal; set it again, then make sure
-    // init did not die in between (we would have been reparented).
+    // our waiter did not die in between (we would have been reparented).
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Stage::DeathSignal))?;
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(1) {
+    if rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) != p.parent_pid {
         exit_now(125);
     }
 
@@ -524,12 +555,12 @@ fn drop_capabilities() -> Step<()> {
 /// reports its wait status to the parent and exits (which ends the sandbox). It
 /// keeps only the sync socket, holds no capability, and is not dumpable, so the
 /// processes in the sandbox cannot read its memory or environment.
-fn init(p: &ChildPlan<'_>, program: i32) -> ! {
+fn init(sync: BorrowedFd<'_>, program: i32) -> ! {
     use std::os::fd::AsRawFd;
     // Without the parent's stdio and the pipes, EOF on the job's stdout reaches the
     // parent as soon as the program's side closes, and exec success shows on the
     // error pipe.
-    let _ = runbox_sys::process::close_all_except(p.sync.as_raw_fd());
+    let _ = runbox_sys::process::close_all_except(sync.as_raw_fd());
     let _ = rustix::thread::set_name(c"init");
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let _ = drop_capabilities();
@@ -539,7 +570,7 @@ fn init(p: &ChildPlan<'_>, program: i32) -> ! {
                 let mut msg = [0u8; 5];
                 msg[0] = STATUS;
                 msg[1..].copy_from_slice(&status.to_le_bytes());
-                let _ = rustix::io::write(p.sync, &msg);
+                let _ = rustix::io::write(sync, &msg);
                 exit_now(0);
             }
             Ok(_) => {}
@@ -547,6 +578,139 @@ fn init(p: &ChildPlan<'_>, program: i32) -> ! {
             Err(_) => exit_now(0),
         }
     }
+}
+
+/// Everything an exec into a live sandbox needs, prepared before the fork.
+pub(crate) struct EnterPlan<'a> {
+    pub sync: BorrowedFd<'a>,
+    pub prog: ProgramPlan<'a>,
+    /// A pidfd of the live sandbox's init, whose namespaces are joined.
+    pub target: BorrowedFd<'a>,
+    /// Its cgroup namespace (`/proc/<init>/ns/cgroup`).
+    pub cgroup_ns: BorrowedFd<'a>,
+    /// cgroup v1: the exec cgroup's `tasks` files (empty on v2).
+    pub cgroup_tasks: &'a [OwnedFd],
+    pub rlimits: &'a [(Resource, u64)],
+    pub seccomp: &'a [libc::sock_filter],
+    pub cap_last: u32,
+}
+
+/// Forks the waiter of an exec into a live sandbox: it joins the exec's cgroup and
+/// the sandbox's namespaces, starts the program (which lands in the sandbox's pid
+/// namespace), waits for it and reports its status like [`init`] does. The waiter
+/// itself stays in the host's pid namespace, where nothing in the sandbox can see
+/// or signal it.
+#[allow(unsafe_code)]
+pub(crate) fn spawn_enter(
+    plan: &EnterPlan<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> std::io::Result<(i32, OwnedFd)> {
+    // SAFETY: the child branch only calls `enter`, which makes raw system calls on
+    // data prepared before the fork (no allocation, locks or unwinding) and ends in
+    // _exit.
+    match unsafe { runbox_sys::fork::fork_into(0, cgroup) }? {
+        runbox_sys::fork::Forked::Child => match enter(plan) {
+            Ok(never) => match never {},
+            Err(e) => fail(plan.prog.err, e),
+        },
+        runbox_sys::fork::Forked::Parent { pid, pidfd } => Ok((pid, pidfd)),
+    }
+}
+
+fn enter(p: &EnterPlan<'_>) -> Step<std::convert::Infallible> {
+    use rustix::process::Signal;
+    use rustix::thread::{move_into_thread_name_spaces, ThreadNameSpaceType as Ns};
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(at(Stage::DeathSignal))?;
+    rustix::process::umask(Mode::empty());
+    for fd in p.cgroup_tasks {
+        rustix::io::write(fd, b"0").map_err(at(Stage::JoinCgroup))?;
+    }
+    // Limits are set while still real root (see `setup_and_exec`).
+    for &(res, value) in p.rlimits {
+        rustix::process::setrlimit(
+            res,
+            Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            },
+        )
+        .map_err(at(Stage::Rlimit))?;
+    }
+    // The mount, network, ipc and uts namespaces belong to the initial user
+    // namespace: join them as real root first. The pid namespace applies to the
+    // program we start (not to us). Then the sandbox's user namespace, whose
+    // capabilities let us join its cgroup namespace, set the program's ids and
+    // drop the bounding set.
+    for ns in [
+        Ns::MOUNT,
+        Ns::NETWORK,
+        Ns::INTER_PROCESS_COMMUNICATION,
+        Ns::HOST_NAME_AND_NIS_DOMAIN_NAME,
+        Ns::PROCESS_ID,
+        Ns::USER,
+    ] {
+        move_into_thread_name_spaces(p.target, ns).map_err(at(Stage::EnterNamespaces))?;
+    }
+    // Through a pidfd, setns also asks for ptrace access to init, which is not
+    // dumpable: no longer granted once we are in its user namespace. The
+    // namespace's own descriptor needs only the capability we now have there.
+    rustix::thread::move_into_link_name_space(
+        p.cgroup_ns,
+        Some(rustix::thread::LinkNameSpaceType::ControlGroup),
+    )
+    .map_err(at(Stage::EnterNamespaces))?;
+    runbox_sys::process::drop_bounding_set(p.cap_last).map_err(io_at(Stage::DropCapabilities))?;
+    runbox_sys::process::reset_signals().map_err(io_at(Stage::Signals))?;
+    rustix::thread::set_no_new_privs(true).map_err(at(Stage::NoNewPrivs))?;
+    runbox_sys::process::install_seccomp(p.seccomp).map_err(io_at(Stage::Seccomp))?;
+    let pid = spawn_program(&p.prog)?;
+    init(p.sync, pid)
+}
+
+/// A live sandbox's init: holds the namespaces while the parent execs into them.
+/// Orphans it inherits are reaped by the kernel (SIGCHLD ignored), so it only
+/// waits for the parent to close the sync socket (or to die: the death signal).
+/// Like [`init`], it keeps nothing but the socket, holds no capability and is not
+/// dumpable.
+fn hold(sync: BorrowedFd<'_>) -> ! {
+    use std::os::fd::AsRawFd;
+    let _ = runbox_sys::process::close_all_except(sync.as_raw_fd());
+    if rustix::io::write(sync, &[HELD]).is_err() {
+        exit_now(125);
+    }
+    let _ = rustix::thread::set_name(c"init");
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let _ = drop_capabilities();
+    if runbox_sys::process::reap_children_automatically().is_err() {
+        exit_now(125);
+    }
+    let mut buf = [0u8; 16];
+    loop {
+        match rustix::io::read(sync, &mut buf) {
+            Ok(0) => exit_now(0),
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(_) => exit_now(0),
+        }
+    }
+}
+
+/// Sends `bytes` with one descriptor (SCM_RIGHTS), from a buffer on the stack.
+fn send_fd(sync: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    sendmsg(
+        sync,
+        &[std::io::IoSlice::new(bytes)],
+        &mut cmsg,
+        SendFlags::empty(),
+    )?;
+    Ok(())
 }
 
 /// Receives the network namespace descriptor the parent sends (SCM_RIGHTS), into a
@@ -584,7 +748,7 @@ fn receive_netns(sync: BorrowedFd<'_>) -> Step<OwnedFd> {
 /// /tmp and /etc/hosts entries that the overlay shows over the image's, and `work/`
 /// and `root/` for overlayfs. Nothing here can have been planted: the tmpfs was
 /// empty a moment ago and no sandboxed code has run yet.
-fn prepare_upper(p: &ChildPlan<'_>) -> Step<()> {
+fn prepare_upper(p: &ChildPlan<'_>) -> Step<OwnedFd> {
     let e = at(Stage::PrepareUpper);
     let dirf = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     let scratch = rfs::open(p.scratch, dirf, Mode::empty()).map_err(&e)?;
@@ -661,7 +825,8 @@ fn prepare_upper(p: &ChildPlan<'_>) -> Step<()> {
     .map_err(&e)?;
     write_all(&hosts, p.etc_hosts).map_err(&e)?;
     rfs::fchown(&hosts, root_id, root_gid).map_err(&e)?;
-    Ok(())
+    drop(etc);
+    Ok(upper)
 }
 
 fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {

@@ -39,6 +39,9 @@ const MAX_DIR_DEPTH: usize = 16;
 #[derive(Debug)]
 pub(crate) struct SandboxRoot {
     fd: OwnedFd,
+    /// How paths resolve when placing files: pre-run rules for a fresh sandbox,
+    /// post-run rules for a live one (its programs may have planted links).
+    place: ResolveFlags,
 }
 
 fn rel(path: &str) -> &str {
@@ -84,36 +87,69 @@ impl SandboxRoot {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(SandboxRoot { fd })
+        Ok(SandboxRoot { fd, place: PRE_RUN })
+    }
+
+    /// Opens the root of a live sandbox, where programs have run: every path
+    /// resolves by the post-run rules, placing files included.
+    pub(crate) fn of_live_process(pid: i32) -> io::Result<SandboxRoot> {
+        let mut root = SandboxRoot::of_process(pid)?;
+        root.place = POST_RUN;
+        Ok(root)
+    }
+
+    /// Reads a small regular file (post-run rules): `None` when it is absent or
+    /// not a regular file, at most `max` bytes.
+    pub(crate) fn read_small(&self, path: &str, max: u64) -> Option<Vec<u8>> {
+        let fd = rfs::openat2(
+            &self.fd,
+            rel(path),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            POST_RUN,
+        )
+        .ok()?;
+        let st = rfs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        read_up_to(&fd, max).ok()
     }
 
     /// Makes sure `path` is a directory, creating missing components owned by
-    /// `uid:gid` (host ids) with mode 0755. Pre-run rules.
+    /// `uid:gid` (host ids) with mode 0755. Pre-run rules, or post-run rules in a
+    /// live sandbox.
     pub(crate) fn ensure_dir(&self, path: &str, uid: u32, gid: u32) -> Result<OwnedFd, PlaceError> {
         let err = |e: Errno| PlaceError {
             path: path.to_owned(),
             reason: describe(e),
         };
         let dirflags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let mut cur = rfs::openat2(&self.fd, ".", dirflags, Mode::empty(), PRE_RUN).map_err(err)?;
+        let mut cur =
+            rfs::openat2(&self.fd, ".", dirflags, Mode::empty(), self.place).map_err(err)?;
         let mut prefix = String::new();
         for comp in path.split('/').filter(|c| !c.is_empty()) {
             prefix.push('/');
             prefix.push_str(comp);
             // Resolve each prefix from the root, so a symlink in the image resolves
             // against the sandbox root, never against the host's.
-            match rfs::openat2(&self.fd, rel(&prefix), dirflags, Mode::empty(), PRE_RUN) {
+            match rfs::openat2(&self.fd, rel(&prefix), dirflags, Mode::empty(), self.place) {
                 Ok(fd) => cur = fd,
                 Err(Errno::NOENT) => {
-                    rfs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)).map_err(err)?;
-                    rfs::chownat(
-                        &cur,
-                        comp,
-                        Some(rfs::Uid::from_raw(uid)),
-                        Some(rfs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(err)?;
+                    match rfs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755)) {
+                        Ok(()) => rfs::chownat(
+                            &cur,
+                            comp,
+                            Some(rfs::Uid::from_raw(uid)),
+                            Some(rfs::Gid::from_raw(gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(err)?,
+                        // Made meanwhile (another exec into the same live sandbox):
+                        // opened below like any existing directory, links refused.
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(err(e)),
+                    }
                     cur = rfs::openat(&cur, comp, dirflags | OFlags::NOFOLLOW, Mode::empty())
                         .map_err(err)?;
                 }
@@ -123,8 +159,10 @@ impl SandboxRoot {
         Ok(cur)
     }
 
-    /// Writes an input file owned by `uid:gid`. Pre-run rules; an existing symlink,
-    /// directory, FIFO or device at the path is an error, never a target.
+    /// Writes an input file owned by `uid:gid` (pre-run rules, or post-run rules
+    /// in a live sandbox); an existing symlink, directory, FIFO or device at the
+    /// path is an error, never a target. So is a file with other hard links (in a
+    /// live sandbox, a program may have linked it to one it cannot write).
     pub(crate) fn write_input(
         &self,
         input: &PlannedInput,
@@ -149,6 +187,15 @@ impl SandboxRoot {
             return Err(PlaceError {
                 path: input.path.clone(),
                 reason: "the image has something other than a regular file there".into(),
+            });
+        }
+        if st.st_nlink > 1 {
+            return Err(PlaceError {
+                path: input.path.clone(),
+                reason: format!(
+                    "the file there has {} hard links; remove it first",
+                    st.st_nlink
+                ),
             });
         }
         rfs::ftruncate(&fd, 0).map_err(err)?;

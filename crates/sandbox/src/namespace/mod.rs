@@ -27,8 +27,11 @@
 
 mod child;
 mod files;
+mod live;
 pub mod netns;
 mod supervise;
+
+pub use live::LiveSandbox;
 
 use std::ffi::CString;
 use std::io;
@@ -45,7 +48,7 @@ use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{pidfd_send_signal, waitid, Resource, Signal, WaitId, WaitIdOptions};
 
-use self::child::{ChildError, ChildPlan, Marks, Stage, GO};
+use self::child::{ChildError, ChildPlan, Marks, ProgramPlan, Stage, GO};
 use self::files::SandboxRoot;
 use self::supervise::{decide, Exit, Pipes};
 use crate::cgroup::{self, Cgroups, JobCgroup, JoinBy};
@@ -83,9 +86,13 @@ pub struct SweepReport {
     pub cgroups_removed: usize,
 }
 
-/// Runs jobs in Linux namespaces. Cheap to share between threads.
+/// Runs jobs in Linux namespaces. Cheap to clone and to share between threads
+/// (live sandboxes hold a clone).
+#[derive(Debug, Clone)]
+pub struct NamespaceBackend(std::sync::Arc<Shared>);
+
 #[derive(Debug)]
-pub struct NamespaceBackend {
+pub struct Shared {
     cfg: NamespaceConfig,
     cgroups: Box<dyn Cgroups>,
     seccomp: Vec<libc::sock_filter>,
@@ -142,7 +149,7 @@ impl NamespaceBackend {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
-        let backend = NamespaceBackend {
+        let backend = NamespaceBackend(std::sync::Arc::new(Shared {
             scratch: cstr(&mnt)?,
             root: cstr(&mnt.join("root"))?,
             proc_dir: cstr(&mnt.join("root/proc"))?,
@@ -161,7 +168,7 @@ impl NamespaceBackend {
                     )
                 })?,
             cfg,
-        };
+        }));
         let report = backend.sweep()?;
         Ok((backend, report))
     }
@@ -204,6 +211,26 @@ impl NamespaceBackend {
     }
 }
 
+impl std::ops::Deref for NamespaceBackend {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The rlimits of a job's processes.
+fn rlimits(l: &runbox_core::Limits) -> [(Resource, u64); 5] {
+    // The CPU-time rlimit backs up the cgroup check for a single busy process.
+    let cpu_secs = l.cpu_time_ms.div_ceil(1000).max(1);
+    [
+        (Resource::Nofile, u64::from(l.nofile)),
+        (Resource::Fsize, l.file_size_bytes),
+        (Resource::Core, 0),
+        (Resource::Cpu, cpu_secs + 1),
+        (Resource::Memlock, 64 * 1024),
+    ]
+}
+
 /// `<pid>.<start time in clock ticks>` for a live process.
 fn instance_tag(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -226,7 +253,33 @@ fn parse_owner(name: &str) -> Option<(i32, u64)> {
     Some((pid, start))
 }
 
+/// What [`NamespaceBackend::start`] leads to.
+enum Start {
+    Ready(Started),
+    /// Cancelled before the program could start: the result says so.
+    Cancelled(Box<JobResult>),
+}
+
+/// A sandbox set up and told to go.
+struct Started {
+    pid: i32,
+    child: ChildGuard,
+    cg: CgroupGuard,
+    root: SandboxRoot,
+    t0: Instant,
+    go: Instant,
+    candidates: Vec<String>,
+    stdin_w: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    err_r: OwnedFd,
+    sync_parent: OwnedFd,
+    /// A live sandbox's writable layer (the overlay's upper directory).
+    upper: Option<OwnedFd>,
+}
+
 /// Kills and removes a job's cgroup when dropped, whatever happened before.
+#[derive(Debug)]
 struct CgroupGuard(Option<Box<dyn JobCgroup>>);
 
 impl CgroupGuard {
@@ -257,6 +310,7 @@ impl Drop for CgroupGuard {
 }
 
 /// Kills and reaps the sandbox's pid 1 when dropped, unless already reaped.
+#[derive(Debug)]
 struct ChildGuard {
     pidfd: OwnedFd,
     reaped: bool,
@@ -286,20 +340,21 @@ fn setup_err(stage: &'static str) -> impl Fn(Errno) -> SandboxError {
     }
 }
 
-impl Backend for NamespaceBackend {
-    fn name(&self) -> &'static str {
-        "namespace"
-    }
-
-    fn version(&self) -> String {
-        format!("namespace/{}", env!("CARGO_PKG_VERSION"))
-    }
-
-    fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError> {
+impl NamespaceBackend {
+    /// Sets a sandbox up to the moment its program is told to go (one-shot), or to
+    /// the moment its init holds the namespaces (`hold`: a live sandbox).
+    fn start(
+        &self,
+        plan: &JobPlan,
+        events: &mut dyn JobEvents,
+        hold: bool,
+    ) -> Result<Start, SandboxError> {
         let t0 = Instant::now();
         let t0_ns = child::now_ns();
         if events.cancelled() {
-            return Ok(cancelled_before_start(plan, t0, t0));
+            return Ok(Start::Cancelled(Box::new(cancelled_before_start(
+                plan, t0, t0,
+            ))));
         }
         // First: the network namespace (the slowest namespace to create) is taken
         // ready-made or starts being made while this thread prepares the job.
@@ -375,15 +430,7 @@ impl Backend for NamespaceBackend {
         );
         let workdir = CString::new(plan.workdir.as_str())
             .map_err(|e| SandboxError::io("workdir", io::Error::other(e)))?;
-        // The CPU-time rlimit backs up the cgroup check for a single busy process.
-        let cpu_secs = l.cpu_time_ms.div_ceil(1000).max(1);
-        let rlimits = [
-            (Resource::Nofile, u64::from(l.nofile)),
-            (Resource::Fsize, l.file_size_bytes),
-            (Resource::Core, 0),
-            (Resource::Cpu, cpu_secs + 1),
-            (Resource::Memlock, 64 * 1024),
-        ];
+        let rlimits = rlimits(l);
         let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
 
@@ -419,10 +466,20 @@ impl Backend for NamespaceBackend {
         };
         let child_plan = ChildPlan {
             sync: sync_child.as_fd(),
-            err: err_w.as_fd(),
-            stdin: stdin_r.as_fd(),
-            stdout: stdout_w.as_fd(),
-            stderr: stderr_w.as_fd(),
+            prog: ProgramPlan {
+                err: err_w.as_fd(),
+                stdin: stdin_r.as_fd(),
+                stdout: stdout_w.as_fd(),
+                stderr: stderr_w.as_fd(),
+                uid: who.uid,
+                gid: who.gid,
+                groups: &groups,
+                workdir: &workdir,
+                exec: &exec,
+                candidates: &candidates_c,
+                parent_pid: 1,
+            },
+            hold,
             cgroup_tasks,
             scratch: &self.scratch,
             tmpfs_opts: &tmpfs_opts,
@@ -432,14 +489,8 @@ impl Backend for NamespaceBackend {
             proc_dir: &self.proc_dir,
             etc_hosts: etc_hosts.as_bytes(),
             id_base: map.base,
-            uid: who.uid,
-            gid: who.gid,
-            groups: &groups,
             hostname: &hostname,
             rlimits: &rlimits,
-            workdir: &workdir,
-            exec: &exec,
-            candidates: &candidates_c,
             seccomp: &self.seccomp,
             cap_last: self.cap_last,
             arg_regions: &self.arg_regions,
@@ -451,7 +502,7 @@ impl Backend for NamespaceBackend {
                 stage: "creating the sandbox process (clone3)",
                 source: e,
             })?;
-        let mut child = ChildGuard {
+        let child = ChildGuard {
             pidfd,
             reaped: false,
         };
@@ -468,7 +519,7 @@ impl Backend for NamespaceBackend {
         send_netns(&sync_parent, &netns)?;
         drop(netns);
         // Wait for READY (or the child's death, with its reason on the error pipe).
-        let Some(marks) = wait_ready(
+        let Some((marks, upper)) = wait_ready(
             &sync_parent,
             &err_r,
             &child.pidfd,
@@ -479,7 +530,9 @@ impl Backend for NamespaceBackend {
             let at = Instant::now();
             drop(child); // kills and reaps the sandbox
             cg.remove_empty();
-            return Ok(cancelled_before_start(plan, t0, at));
+            return Ok(Start::Cancelled(Box::new(cancelled_before_start(
+                plan, t0, at,
+            ))));
         };
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox mounted");
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -522,7 +575,9 @@ impl Backend for NamespaceBackend {
             drop(child); // kills and reaps the sandbox: its file systems go with it
             cg.remove_empty();
             tracing::debug!("job cancelled before it started");
-            return Ok(cancelled_before_start(plan, t0, at));
+            return Ok(Start::Cancelled(Box::new(cancelled_before_start(
+                plan, t0, at,
+            ))));
         }
         if let Err(e) = rustix::io::write(&sync_parent, &[GO]) {
             // The child died after READY: its error pipe says why.
@@ -535,6 +590,58 @@ impl Backend for NamespaceBackend {
             us = t0.elapsed().as_micros() as u64,
             "inputs placed, go sent"
         );
+        Ok(Start::Ready(Started {
+            pid,
+            child,
+            cg,
+            root,
+            t0,
+            go,
+            candidates,
+            stdin_w,
+            stdout_r,
+            stderr_r,
+            err_r,
+            sync_parent,
+            upper,
+        }))
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn name(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn version(&self) -> String {
+        format!("namespace/{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn create(&self, plan: &crate::LivePlan) -> Result<Box<dyn crate::Sandbox>, SandboxError> {
+        live::create(self, plan)
+    }
+
+    fn run(&self, plan: &JobPlan, events: &mut dyn JobEvents) -> Result<JobResult, SandboxError> {
+        let s = match self.start(plan, events, false)? {
+            Start::Ready(s) => s,
+            Start::Cancelled(result) => return Ok(*result),
+        };
+        let Started {
+            pid: _,
+            mut child,
+            cg,
+            root,
+            t0,
+            go,
+            candidates,
+            stdin_w,
+            stdout_r,
+            stderr_r,
+            err_r,
+            sync_parent,
+            upper: _,
+        } = s;
+        let l = &plan.limits;
 
         let outcome = supervise::supervise(
             &child.pidfd,
@@ -550,28 +657,14 @@ impl Backend for NamespaceBackend {
             cg.get(),
             events,
             go,
+            supervise::Leftovers::DieWithInit,
         )?;
         child.reaped = true;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "job exited");
 
         if let Some(ce) = outcome.child_error {
-            let command = plan.argv[0].clone();
-            return Err(match (ce.stage, ce.errno) {
-                (Stage::Exec, libc::ENOENT) => SandboxError::CommandNotFound {
-                    command,
-                    searched: candidates.join(", "),
-                },
-                (Stage::Exec, errno) => SandboxError::CommandNotExecutable {
-                    command,
-                    source: io::Error::from_raw_os_error(errno),
-                },
-                (stage, errno) => SandboxError::Setup {
-                    stage: stage.describe(),
-                    source: io::Error::from_raw_os_error(errno),
-                },
-            });
+            return Err(exec_failure(&plan.argv[0], &candidates, ce));
         }
-
         let stats = cg.get().stats()?;
         let mut budget = l.output_files_bytes;
         let mut outputs = Vec::new();
@@ -587,57 +680,90 @@ impl Backend for NamespaceBackend {
         );
         let end = Instant::now();
 
-        let (status, mut limits_hit) = decide(outcome.exit, outcome.killed, &stats);
-        if outcome.stdout.truncated() || outcome.stderr.truncated() {
-            limits_hit.push(LimitKind::Output);
-        }
-        if outputs.iter().any(|o| o.truncated) {
-            limits_hit.push(LimitKind::OutputFiles);
-        }
-        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        let (exit_code, signal) = match outcome.exit {
-            Exit::Code(c) => (Some(c), None),
-            Exit::Signal(s) => (None, Some(s)),
-        };
-        let mut result = JobResult {
-            job_id: plan.job_id.clone(),
-            status,
-            exit_code,
-            signal,
-            signal_name: signal.map(signal_name),
-            stdout: String::new(),
-            stdout_base64: None,
-            stdout_bytes: outcome.stdout.total,
-            stdout_truncated: outcome.stdout.truncated(),
-            stderr: String::new(),
-            stderr_base64: None,
-            stderr_bytes: outcome.stderr.total,
-            stderr_truncated: outcome.stderr.truncated(),
-            outputs,
-            limits_hit,
-            timings: Timings {
-                setup_ms: ms(go - t0),
-                run_ms: ms(outcome.exited_at - go),
-                teardown_ms: ms(end - outcome.exited_at),
-                total_ms: ms(end - t0),
-            },
-            usage: Usage {
-                cpu_time_ms: stats.cpu_ns as f64 / 1e6,
-                cpu_user_ms: stats.cpu_user_ns as f64 / 1e6,
-                cpu_system_ms: stats.cpu_system_ns as f64 / 1e6,
-                peak_memory_bytes: stats.peak_memory_bytes,
-            },
-            limits: *l,
-        };
-        result.set_stdout(&outcome.stdout.kept);
-        result.set_stderr(&outcome.stderr.kept);
-        tracing::debug!(
-            status = result.status.as_str(),
-            total_ms = result.timings.total_ms,
-            "job finished"
-        );
+        let result = job_result(plan, outcome, &stats, outputs, t0, go, end);
         Ok(result)
     }
+}
+
+fn exec_failure(command: &str, candidates: &[String], ce: ChildError) -> SandboxError {
+    let command = command.to_owned();
+    match (ce.stage, ce.errno) {
+        (Stage::Exec, libc::ENOENT) => SandboxError::CommandNotFound {
+            command,
+            searched: candidates.join(", "),
+        },
+        (Stage::Exec, errno) => SandboxError::CommandNotExecutable {
+            command,
+            source: io::Error::from_raw_os_error(errno),
+        },
+        (stage, errno) => SandboxError::Setup {
+            stage: stage.describe(),
+            source: io::Error::from_raw_os_error(errno),
+        },
+    }
+}
+
+/// The result of a program that ran (one-shot or exec).
+fn job_result(
+    plan: &JobPlan,
+    outcome: supervise::Outcome,
+    stats: &cgroup::CgroupStats,
+    outputs: Vec<runbox_core::OutputFile>,
+    t0: Instant,
+    go: Instant,
+    end: Instant,
+) -> JobResult {
+    let l = &plan.limits;
+    let (status, mut limits_hit) = decide(outcome.exit, outcome.killed, stats);
+    if outcome.stdout.truncated() || outcome.stderr.truncated() {
+        limits_hit.push(LimitKind::Output);
+    }
+    if outputs.iter().any(|o| o.truncated) {
+        limits_hit.push(LimitKind::OutputFiles);
+    }
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let (exit_code, signal) = match outcome.exit {
+        Exit::Code(c) => (Some(c), None),
+        Exit::Signal(s) => (None, Some(s)),
+    };
+    let mut result = JobResult {
+        job_id: plan.job_id.clone(),
+        status,
+        exit_code,
+        signal,
+        signal_name: signal.map(signal_name),
+        stdout: String::new(),
+        stdout_base64: None,
+        stdout_bytes: outcome.stdout.total,
+        stdout_truncated: outcome.stdout.truncated(),
+        stderr: String::new(),
+        stderr_base64: None,
+        stderr_bytes: outcome.stderr.total,
+        stderr_truncated: outcome.stderr.truncated(),
+        outputs,
+        limits_hit,
+        timings: Timings {
+            setup_ms: ms(go - t0),
+            run_ms: ms(outcome.exited_at - go),
+            teardown_ms: ms(end - outcome.exited_at),
+            total_ms: ms(end - t0),
+        },
+        usage: Usage {
+            cpu_time_ms: stats.cpu_ns as f64 / 1e6,
+            cpu_user_ms: stats.cpu_user_ns as f64 / 1e6,
+            cpu_system_ms: stats.cpu_system_ns as f64 / 1e6,
+            peak_memory_bytes: stats.peak_memory_bytes,
+        },
+        limits: *l,
+    };
+    result.set_stdout(&outcome.stdout.kept);
+    result.set_stderr(&outcome.stderr.kept);
+    tracing::debug!(
+        status = result.status.as_str(),
+        total_ms = result.timings.total_ms,
+        "job finished"
+    );
+    result
 }
 
 /// The result of a job cancelled before its program started: nothing ran, so no
@@ -702,15 +828,16 @@ fn child_failure(err: &OwnedFd) -> Option<SandboxError> {
     })
 }
 
-/// Waits until the child reports READY (with its set-up timestamps). If it dies
-/// first, its error pipe says why. `None`: the job was cancelled meanwhile.
+/// Waits until the child reports READY (with its set-up timestamps, and a live
+/// sandbox's writable layer). If it dies first, its error pipe says why. `None`:
+/// the job was cancelled meanwhile.
 fn wait_ready(
     sync: &OwnedFd,
     err: &OwnedFd,
     pidfd: &OwnedFd,
     timeout: Duration,
     events: &mut dyn JobEvents,
-) -> Result<Option<Marks>, SandboxError> {
+) -> Result<Option<(Marks, Option<OwnedFd>)>, SandboxError> {
     let deadline = Instant::now() + timeout;
     loop {
         if events.cancelled() {
@@ -743,10 +870,26 @@ fn wait_ready(
         }
         let (sync_ready, died) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
         if sync_ready {
+            use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
             let mut b = [0u8; Marks::SIZE];
-            if let Ok(n) = rustix::io::read(sync, &mut b) {
-                if let Some(marks) = Marks::from_bytes(&b[..n]) {
-                    return Ok(Some(marks));
+            let mut space =
+                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+            if let Ok(got) = recvmsg(
+                sync,
+                &mut [io::IoSliceMut::new(&mut b)],
+                &mut cmsg,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                // A live sandbox's init sends its writable layer with READY.
+                let mut fd = None;
+                for msg in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+                        fd = fds.next();
+                    }
+                }
+                if let Some(marks) = Marks::from_bytes(&b[..got.bytes]) {
+                    return Ok(Some((marks, fd)));
                 }
             }
         }

@@ -87,8 +87,23 @@ pub(crate) struct Outcome {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// What happens to the processes a program leaves behind when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leftovers {
+    /// A one-shot job: `pidfd` is the sandbox's pid 1, whose end ends them all;
+    /// the output pipes are read to their end.
+    DieWithInit,
+    /// An exec into a live sandbox: they are killed (everything in the exec's
+    /// cgroup), then the pipes are read to their end.
+    Kill,
+    /// An exec that starts daemons: they keep running; what the pipes hold when
+    /// the program ends is read, and the pipes are not waited for.
+    Keep,
+}
+
 /// Runs the job to its end. `go` is when the child was told to exec; limits count
 /// from there.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn supervise(
     pidfd: &OwnedFd,
     mut pipes: Pipes,
@@ -97,6 +112,7 @@ pub(crate) fn supervise(
     cgroup: &dyn JobCgroup,
     events: &mut dyn JobEvents,
     go: Instant,
+    leftovers: Leftovers,
 ) -> Result<Outcome, SandboxError> {
     let set_nonblock = |fd: &OwnedFd| {
         rustix::fs::fcntl_setfl(
@@ -149,8 +165,12 @@ pub(crate) fn supervise(
                 }
             }
             if killed.is_some() {
-                // Killing pid 1 makes the kernel kill every process in its namespace.
+                // Killing pid 1 makes the kernel kill every process in its namespace;
+                // an exec's processes are those of its cgroup.
                 let _ = pidfd_send_signal(pidfd, Signal::KILL);
+                if leftovers != Leftovers::DieWithInit {
+                    let _ = cgroup.kill_all();
+                }
             }
         }
         let timeout = if exit.is_none() && killed.is_none() {
@@ -278,6 +298,22 @@ pub(crate) fn supervise(
                     exit = Some((e, Instant::now()));
                     // Nobody is left to read stdin.
                     pipes.stdin = None;
+                    match leftovers {
+                        Leftovers::DieWithInit => {}
+                        Leftovers::Kill => {
+                            let _ = cgroup.kill_all();
+                        }
+                        Leftovers::Keep => {
+                            if out_open {
+                                drain(&pipes.stdout, &mut buf, |c| events.stdout(stdout.push(c)));
+                            }
+                            if err_open {
+                                drain(&pipes.stderr, &mut buf, |c| events.stderr(stderr.push(c)));
+                            }
+                            out_open = false;
+                            err_open = false;
+                        }
+                    }
                 }
                 Ok(None) | Err(Errno::INTR) => {}
                 Err(e) => return Err(SandboxError::io("reaping the job", e)),
