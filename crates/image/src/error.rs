@@ -49,6 +49,35 @@ pub enum UnsafeEntry {
     Sparse,
 }
 
+/// Why an entry of a sandbox's writable layer (an overlayfs upper directory) could
+/// not be put into a snapshot layer ([`crate::write_upper_tar`]), or why a
+/// layer directory's digest could not be computed ([`crate::tree_digest`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefusal {
+    #[error("its {which} {id} is outside the sandbox's id range (65536 ids from {base})")]
+    IdOutOfRange {
+        which: &'static str,
+        id: u32,
+        base: u32,
+    },
+    #[error("it is a device node ({major}:{minor}); only 0:0 character devices (overlayfs whiteouts) can be snapshotted")]
+    Device { major: u32, minor: u32 },
+    #[error("it has the overlayfs attribute {name}, which a layer cannot carry on its own (a renamed directory or a metadata-only copy-up whose data stays in a lower layer); runbox mounts its overlays without redirect_dir, metacopy and index, so only a differently mounted overlay makes these")]
+    OverlayXattr { name: String },
+    #[error("names beginning with .wh. are OCI whiteout markers and cannot be stored in a layer")]
+    ReservedName,
+    #[error("its whiteout would be named .wh.NAME, longer than the 255 bytes a name may have")]
+    WhiteoutNameTooLong,
+    #[error("its path is longer than {limit} bytes, which a layer cannot hold")]
+    PathTooLong { limit: usize },
+    #[error("its extended attribute {name:?} cannot be stored in a layer: {reason}")]
+    Xattr { name: String, reason: &'static str },
+    #[error(
+        "it changed while the snapshot was taken ({what}); stop the sandbox's processes first"
+    )]
+    Changed { what: &'static str },
+}
+
 /// Errors of the image store. Use [`ImageError::code`] for the stable code the CLI
 /// and API report.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +290,20 @@ pub enum ImageError {
     },
     #[error("{tool} wrote a root file system larger than the build limit of {limit} bytes and was stopped")]
     BuildOutputTooLarge { tool: &'static str, limit: u64 },
+    #[error("cannot snapshot {path:?}: {reason}")]
+    SnapshotEntry {
+        /// Relative to the directory walked (`""` is the directory itself).
+        path: String,
+        reason: SnapshotRefusal,
+    },
+    #[error(
+        "the writable layer is larger than the snapshot limit of {limit} bytes of file content"
+    )]
+    SnapshotTooLarge { limit: u64 },
+    #[error("the writable layer has more than {limit} entries, the snapshot limit")]
+    SnapshotTooManyEntries { limit: u64 },
+    #[error("{what}: {reason}")]
+    SnapshotArgument { what: String, reason: String },
 }
 
 /// A tool's last stderr lines, indented below the message.
@@ -326,6 +369,11 @@ impl ImageError {
             | BuildToolFailed { .. }
             | BuildTimedOut { .. }
             | BuildOutputTooLarge { .. } => ErrorCode::BuildFailed,
+            // What a sandbox left in its writable layer cannot become a layer.
+            SnapshotEntry { .. } | SnapshotTooLarge { .. } | SnapshotTooManyEntries { .. } => {
+                ErrorCode::ImageInvalid
+            }
+            SnapshotArgument { .. } => ErrorCode::InvalidArgument,
         }
     }
 

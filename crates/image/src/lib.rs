@@ -9,6 +9,11 @@
 //! (see `unpack`). Bounds on everything an import reads or creates live in
 //! [`ImportLimits`].
 //!
+//! Snapshots for warm starts: [`write_upper_tar`] turns a sandbox's writable
+//! layer (an overlayfs upper directory, hostile) into a layer tar,
+//! [`Store::commit_image`] makes an image of a base image's layers, layers in the
+//! store and that tar, and [`tree_digest`] detects a layer changed on disk.
+//!
 //! ```no_run
 //! use runbox_image::{ImportOptions, NoProgress, Store, StoreOptions};
 //! # fn main() -> Result<(), runbox_image::ImageError> {
@@ -32,16 +37,21 @@ mod limits;
 mod progress;
 mod record;
 pub mod registry;
+mod snapshot;
 mod source;
 mod store;
 mod unpack;
 pub mod writer;
 
 pub use build::{BuildLimits, BuildOptions, BuildPhase, BuildProgress, BuildReport, Recipe};
-pub use error::{ImageError, Result, UnsafeEntry};
+pub use error::{ImageError, Result, SnapshotRefusal, UnsafeEntry};
 pub use import::{ImportOptions, ImportReport, PullOptions, PullReport};
 pub use limits::ImportLimits;
 pub use progress::{ImportProgress, NoProgress};
 pub use record::{host_platform, ImageConfig, ImageRecord, LayerRef};
 pub use registry::{RegistryAuth, RemoteRef};
+pub use snapshot::{
+    tree_digest, tree_digest_fd, write_upper_tar, CommitFile, CommitSpec, UpperTarOptions,
+    UpperTarStats,
+};
 pub use store::{DiskUsage, GcReport, RemoveReport, Store, StoreLease, StoreOptions};

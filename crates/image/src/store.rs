@@ -8,7 +8,7 @@
 //! <data>/blobs/sha256/<hex>  verified blobs
 //! <data>/layers/<hex>/       unpacked layer (diff_id), read-only by convention
 //! <data>/layers/<hex>.json   marker, written last: the layer is complete
-//! <data>/tmp/                staging, one flocked directory per import
+//! <data>/tmp/                staging, one flocked directory per import, build or commit
 //! ```
 
 use std::collections::HashSet;
