@@ -2,16 +2,19 @@
 //! page to build their input form, and to turn a request (`--program ID`, option
 //! values, input files) into a validated [`JobSpec`].
 //!
-//! A catalog is a directory: `programs/*.toml` (manifests, see docs/catalog.md)
-//! and `images/*.toml` (the recipes their images are built from). The default
+//! A catalog is a directory: `programs/*.toml` (manifests, see docs/catalog.md),
+//! `images/*.toml` (the recipes their images are built from), `systems/*.toml`
+//! (databases and other stateful programs answering queries, see [`System`])
+//! and `datasets/*.toml` (the files systems load, see [`Dataset`]). The default
 //! catalog (the repository's `catalog/`) is compiled into the binary and written
 //! out to the data directory when needed ([`extract_default`]).
 
 mod form;
 mod manifest;
 mod mime;
+mod system;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,11 @@ use serde::Deserialize;
 pub use form::{Choice, OptionError, OptionField, OptionKind};
 pub use manifest::{
     ImageSource, InputDecl, ManifestError, OutputDecl, Program, SmokeTest, StdinDecl,
+};
+pub use system::{
+    load_datasets, load_systems, load_systems_with, Dataset, FingerprintInputs, Generator, Scripts,
+    System, SystemExample, SystemState, DATASETS_DIR, MAX_GENERATOR_FILE_BYTES, MAX_SCRIPT_BYTES,
+    SYSTEM_FORMAT,
 };
 
 mod embedded {
@@ -49,6 +57,14 @@ pub enum CatalogError {
         first: PathBuf,
         second: PathBuf,
     },
+    /// A system or dataset defined twice.
+    #[error("{kind} {name:?} is defined twice ({first} and {second})")]
+    Defined {
+        kind: &'static str,
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("{file}: image.recipe {recipe:?} has no recipe file {path}")]
     MissingRecipe {
         file: PathBuf,
@@ -59,6 +75,10 @@ pub enum CatalogError {
     Recipe { path: PathBuf, message: String },
     #[error("no program {0:?} in the catalog (list them with `runbox programs`)")]
     UnknownProgram(String),
+    #[error("no system {0:?} in the catalog")]
+    UnknownSystem(String),
+    #[error("no dataset {0:?} in the catalog")]
+    UnknownDataset(String),
     #[error(transparent)]
     Option(#[from] OptionError),
     #[error("{0}")]
@@ -69,6 +89,7 @@ impl CatalogError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CatalogError::UnknownProgram(_) => ErrorCode::ProgramNotFound,
+            CatalogError::UnknownSystem(_) | CatalogError::UnknownDataset(_) => ErrorCode::NotFound,
             CatalogError::Option(_) | CatalogError::Request(_) => ErrorCode::InvalidArgument,
             CatalogError::Io { .. } => ErrorCode::Io,
             _ => ErrorCode::ImageInvalid,
@@ -100,7 +121,12 @@ pub struct Resolved {
 pub struct Catalog {
     dir: PathBuf,
     programs: BTreeMap<String, Program>,
+    systems: BTreeMap<String, System>,
+    datasets: BTreeMap<String, Dataset>,
+    /// The store name of every recipe the catalog uses, by recipe.
     image_names: BTreeMap<String, String>,
+    /// The recipes programs use.
+    program_recipes: BTreeSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,8 +135,10 @@ struct RecipeName {
 }
 
 impl Catalog {
-    /// Loads `dir/programs/*.toml`, checking every manifest and that each recipe it
-    /// names exists in `dir/images/`.
+    /// Loads `dir/programs/*.toml`, `dir/datasets/*.toml` and
+    /// `dir/systems/*.toml` (the last two may be missing), checking every
+    /// manifest, that each recipe they name exists in `dir/images/`, and that
+    /// each dataset a system names exists.
     pub fn load(dir: impl Into<PathBuf>) -> Result<Catalog, CatalogError> {
         let dir = dir.into();
         let programs_dir = dir.join("programs");
@@ -158,10 +186,31 @@ impl Catalog {
             origin.insert(p.id.clone(), file);
             programs.insert(p.id.clone(), p);
         }
+        let program_recipes: BTreeSet<String> = image_names.keys().cloned().collect();
+        let datasets = load_datasets(&dir)?;
+        let systems = load_systems_with(&dir, &datasets)?;
+        let used = systems
+            .values()
+            .map(|s| &s.image)
+            .chain(datasets.values().map(|d| &d.generate.image));
+        for recipe in used.filter_map(|i| i.recipe.as_ref()) {
+            if !image_names.contains_key(recipe) {
+                let path = dir.join("images").join(format!("{recipe}.toml"));
+                let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
+                let r: RecipeName = toml::from_str(&text).map_err(|e| CatalogError::Recipe {
+                    path,
+                    message: e.message().to_owned(),
+                })?;
+                image_names.insert(recipe.clone(), r.name);
+            }
+        }
         Ok(Catalog {
             dir,
             programs,
+            systems,
+            datasets,
             image_names,
+            program_recipes,
         })
     }
 
@@ -189,12 +238,58 @@ impl Catalog {
             .collect()
     }
 
-    /// The recipe files the catalog's programs use, by recipe name.
+    /// The recipe files the catalog's programs use, by recipe name. (Not the
+    /// systems' and datasets': [`Catalog::system_recipes`].)
     pub fn recipes(&self) -> Vec<(String, PathBuf)> {
-        self.image_names
-            .keys()
+        self.program_recipes
+            .iter()
             .map(|r| (r.clone(), self.dir.join("images").join(format!("{r}.toml"))))
             .collect()
+    }
+
+    /// The recipe files the catalog's systems and dataset generators use, by
+    /// recipe name (some may be programs' too).
+    pub fn system_recipes(&self) -> Vec<(String, PathBuf)> {
+        let used: BTreeSet<&String> = self
+            .systems
+            .values()
+            .map(|s| &s.image)
+            .chain(self.datasets.values().map(|d| &d.generate.image))
+            .filter_map(|i| i.recipe.as_ref())
+            .collect();
+        used.into_iter()
+            .map(|r| (r.clone(), self.dir.join("images").join(format!("{r}.toml"))))
+            .collect()
+    }
+
+    pub fn systems(&self) -> impl Iterator<Item = &System> {
+        self.systems.values()
+    }
+
+    pub fn system(&self, id: &str) -> Result<&System, CatalogError> {
+        self.systems
+            .get(id)
+            .ok_or_else(|| CatalogError::UnknownSystem(id.to_owned()))
+    }
+
+    pub fn datasets(&self) -> impl Iterator<Item = &Dataset> {
+        self.datasets.values()
+    }
+
+    pub fn dataset(&self, name: &str) -> Result<&Dataset, CatalogError> {
+        self.datasets
+            .get(name)
+            .ok_or_else(|| CatalogError::UnknownDataset(name.to_owned()))
+    }
+
+    /// The store name of an image source's image (a recipe's name, or the
+    /// reference itself).
+    pub fn image_name_of(&self, image: &ImageSource) -> String {
+        match (&image.recipe, &image.reference) {
+            (Some(r), _) => self.image_names.get(r).cloned().unwrap_or_default(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => String::new(),
+        }
     }
 
     /// The store name of the image a recipe builds.
@@ -202,13 +297,14 @@ impl Catalog {
         self.image_names.get(recipe).cloned().unwrap_or_default()
     }
 
+    /// [`Catalog::image_name_of`], by another name.
+    pub fn source_image_name(&self, image: &ImageSource) -> String {
+        self.image_name_of(image)
+    }
+
     /// The store name of a program's image.
     pub fn image_name(&self, p: &Program) -> String {
-        match (&p.image.recipe, &p.image.reference) {
-            (Some(r), _) => self.image_names.get(r).cloned().unwrap_or_default(),
-            (None, Some(r)) => r.clone(),
-            (None, None) => String::new(),
-        }
+        self.image_name_of(&p.image)
     }
 
     /// Turns a request for a program into an image job: the image, the command

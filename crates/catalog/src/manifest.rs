@@ -205,7 +205,7 @@ pub struct ManifestError {
     pub message: String,
 }
 
-fn bad(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+pub(crate) fn bad(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
     ManifestError {
         field: field.into(),
         message: message.into(),
@@ -213,7 +213,7 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
 }
 
 /// Program ids and recipe names: lowercase letters, digits, `-`, `_`.
-fn check_id(field: &str, s: &str) -> Result<(), ManifestError> {
+pub(crate) fn check_id(field: &str, s: &str) -> Result<(), ManifestError> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
@@ -230,7 +230,7 @@ fn check_id(field: &str, s: &str) -> Result<(), ManifestError> {
 }
 
 /// A path relative to the working directory that stays inside it.
-fn check_rel_path(field: &str, p: &str) -> Result<(), ManifestError> {
+pub(crate) fn check_rel_path(field: &str, p: &str) -> Result<(), ManifestError> {
     if p.is_empty() || p.starts_with('/') || p.contains('\0') || p.len() > 255 {
         return Err(bad(
             field,
@@ -246,7 +246,7 @@ fn check_rel_path(field: &str, p: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-fn check_text(field: &str, s: &str, max: usize) -> Result<(), ManifestError> {
+pub(crate) fn check_text(field: &str, s: &str, max: usize) -> Result<(), ManifestError> {
     if s.trim().is_empty() || s.len() > max {
         return Err(bad(
             field,

@@ -35,6 +35,52 @@ fn the_default_catalog_loads_with_every_required_program() {
 }
 
 #[test]
+fn the_default_catalog_has_the_database_systems_over_one_dataset() {
+    let (_d, c) = default_catalog();
+    let ids: Vec<&str> = c.systems().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["duckdb", "postgres", "sqlite"]);
+    let orders = c.dataset("orders").unwrap();
+    assert_eq!(orders.mount_path(), "/datasets/orders/orders.csv");
+    assert_eq!(orders.generate.output, orders.file);
+    // The generator's script is compiled in and read when the catalog loads.
+    let gen = orders.generator_inputs();
+    assert_eq!(gen[0].path, "gen.py");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../catalog");
+    assert_eq!(
+        gen[0].content.0,
+        std::fs::read(repo.join("datasets/files/gen.py")).unwrap()
+    );
+    let example = c.system("postgres").unwrap().example.clone().unwrap().query;
+    for s in c.systems() {
+        assert_eq!(s.datasets, ["orders"], "{}", s.id);
+        assert_eq!(
+            (s.query_mime.as_str(), s.answer_mime.as_str()),
+            ("application/sql", "text/csv")
+        );
+        assert!(
+            !c.image_name_of(&s.image).is_empty(),
+            "{} has an image",
+            s.id
+        );
+        // The same example query everywhere: the systems answer the same SQL.
+        assert_eq!(s.example.as_ref().unwrap().query, example, "{}", s.id);
+    }
+    let recipes: Vec<String> = c.system_recipes().into_iter().map(|r| r.0).collect();
+    assert_eq!(recipes, ["base", "duckdb", "postgres", "python"]);
+    assert_eq!(
+        c.recipe_image_name("postgres"),
+        "runbox/postgres:15-bookworm"
+    );
+    assert!(matches!(
+        c.system("nosuch"),
+        Err(CatalogError::UnknownSystem(_))
+    ));
+    // The repository's own directory loads the same way.
+    let systems = runbox_catalog::load_systems(&repo).unwrap();
+    assert_eq!(systems.len(), 3);
+}
+
+#[test]
 fn programs_are_found_by_what_they_take_and_produce() {
     let (_d, c) = default_catalog();
     let ids = |q: Query| c.query(&q).iter().map(|p| p.id.clone()).collect::<Vec<_>>();

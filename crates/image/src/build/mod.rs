@@ -9,6 +9,12 @@
 //! then goes through the store's normal verified import, so a built image is
 //! exactly as trusted as an imported one, and gets the recipe's name.
 //!
+//! A recipe's `[[pypi]]` wheels are fetched first (from the store's blobs when
+//! a build downloaded them before, else from the index, verified against the
+//! pinned sha256 and then stored), and unpacked into a layer between the Debian
+//! system and the files: `usr/local/lib/python3.N/dist-packages`, for the
+//! Python the Debian system has (see `pypi.rs`).
+//!
 //! The image config carries the label [`RECIPE_DIGEST_LABEL`]; when the image
 //! the recipe names already has the recipe's digest there, the build returns it
 //! at once without running anything.
@@ -32,12 +38,14 @@ use crate::store::Store;
 use crate::writer::{ImageSpec, LayerCompression, LayoutWriter, WriterError};
 
 mod mmdebstrap;
+mod pypi;
 mod recipe;
 mod rootfs;
 
+pub use pypi::{DEFAULT_INDEX, MAX_WHEEL_BYTES, MAX_WHEEL_ENTRIES, MAX_WHEEL_UNPACKED_BYTES};
 pub use recipe::{
-    DebianSpec, Recipe, RecipeFile, Variant, MAX_FILES, MAX_FILES_TOTAL_BYTES, MAX_FILE_BYTES,
-    MAX_RECIPE_BYTES, RECIPE_DIGEST_LABEL,
+    DebianSpec, PypiWheel, Recipe, RecipeFile, Variant, MAX_FILES, MAX_FILES_TOTAL_BYTES,
+    MAX_FILE_BYTES, MAX_RECIPE_BYTES, MAX_WHEELS, RECIPE_DIGEST_LABEL,
 };
 
 /// Layers are zstd-compressed: on a Debian root file system (140 MB of tar)
@@ -80,6 +88,10 @@ pub struct BuildOptions {
     /// memory while it is built. Never inside the store: mmdebstrap mounts
     /// /proc, /sys and /dev in its chroot.
     pub scratch_dir: Option<PathBuf>,
+    /// The PEP 691 simple index `[[pypi]]` wheels come from; `None`:
+    /// `RUNBOX_PYPI_INDEX`, else [`DEFAULT_INDEX`] (PyPI). Wheels the store
+    /// has already are not downloaded again.
+    pub pypi_index: Option<String>,
 }
 
 /// What [`Store::build`] did.
@@ -251,7 +263,19 @@ impl Store {
             // gc removes everything in tmp/ unless a lease holds the store.
             let _lease = self.lock_shared()?;
             let dir = BuildDir::new(self.tmp_dir())?;
-            let layout = write_layout(recipe, &dir.path, opts, &phases)?;
+            let index = pypi::index_url(opts.pypi_index.as_deref());
+            let wheels = pypi::fetch_all(
+                self,
+                recipe.path(),
+                recipe.pypi(),
+                &index,
+                &dir.path,
+                &|line| {
+                    tracing::info!(target: "pypi", "{line}");
+                    progress.tool_line(line);
+                },
+            )?;
+            let layout = write_layout(recipe, &wheels, &dir.path, opts, &phases)?;
             phases.enter(BuildPhase::Importing);
             let imported = self.import(
                 &layout,
@@ -301,10 +325,12 @@ impl Store {
     }
 }
 
-/// Runs mmdebstrap into the rootfs layer, adds the files layer and the config:
-/// an OCI layout in `dir/layout`.
+/// Runs mmdebstrap into the rootfs layer, adds the wheels layer (`wheels`:
+/// the recipe's `[[pypi]]` files, fetched), the files layer and the config: an
+/// OCI layout in `dir/layout`.
 fn write_layout(
     recipe: &Recipe,
+    wheels: &[PathBuf],
     dir: &Path,
     opts: &BuildOptions,
     phases: &Phases<'_>,
@@ -323,7 +349,8 @@ fn write_layout(
     }
     let layout_dir = dir.join("layout");
     let mut writer = LayoutWriter::create(&layout_dir).map_err(writer_err)?;
-    let wanted = rootfs::wanted_paths(recipe.files());
+    let mut wanted = rootfs::wanted_paths(recipe.files());
+    wanted.wheels = !recipe.pypi().is_empty();
     let on_line = |line: &str| {
         tracing::debug!(target: "mmdebstrap", "{line}");
         phases.progress.tool_line(line);
@@ -379,6 +406,9 @@ fn write_layout(
     }
     let (_rootfs, found) = run.value?;
     phases.enter(BuildPhase::Packing);
+    if !recipe.pypi().is_empty() {
+        add_wheels_layer(recipe, wheels, &found, dir, &mut writer)?;
+    }
     if !recipe.files().is_empty() {
         let tree =
             rootfs::files_tree(recipe.files(), &found).map_err(|c| ImageError::RecipeInvalid {
@@ -403,9 +433,112 @@ fn write_layout(
     Ok(layout_dir)
 }
 
+/// Unpacks the wheels into a layer for the newest Python of the system they
+/// all fit.
+fn add_wheels_layer(
+    recipe: &Recipe,
+    wheels: &[PathBuf],
+    found: &std::collections::BTreeMap<String, rootfs::Found>,
+    dir: &Path,
+    writer: &mut LayoutWriter,
+) -> Result<()> {
+    let (major, minor) = pypi::choose_python(found, recipe.pypi()).map_err(|(i, reason)| {
+        ImageError::RecipeInvalid {
+            path: recipe.path().to_owned(),
+            field: format!("pypi[{i}].file"),
+            reason,
+        }
+    })?;
+    let site = format!("usr/local/lib/python{major}.{minor}/dist-packages");
+    let pairs: Vec<(&recipe::PypiWheel, &Path)> = recipe
+        .pypi()
+        .iter()
+        .zip(wheels.iter().map(PathBuf::as_path))
+        .collect();
+    let tar_path = dir.join("wheels.tar");
+    pypi::write_layer_file(&pairs, &site, found, &tar_path).map_err(|(i, e)| {
+        ImageError::InvalidDocument {
+            what: format!(
+                "PyPI wheel {} (pypi[{i}] of {})",
+                recipe.pypi()[i].file,
+                recipe.path().display()
+            ),
+            reason: e.to_string(),
+        }
+    })?;
+    let tar =
+        std::fs::File::open(&tar_path).map_err(|e| ImageError::io("opening", &tar_path, e))?;
+    writer
+        .add_layer_tar(std::io::BufReader::new(tar), COMPRESSION)
+        .map_err(writer_err)?;
+    let _ = std::fs::remove_file(&tar_path);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole build with a wheel (the real mmdebstrap, like tests/build.rs:
+    /// root, the mmdebstrap package, a Debian mirror): the wheel, served by a
+    /// local index, lands in the Python the system has, in a layer between the
+    /// system and the files; a rebuild takes the wheel from the store.
+    #[test]
+    fn builds_an_image_with_a_wheel_from_the_index() {
+        use std::sync::atomic::Ordering;
+
+        let wheel = pypi::tests::zip_of(&[
+            ("demo/__init__.py", Some(0o644), b"ANSWER = 42\n"),
+            ("demo-1.0.dist-info/METADATA", Some(0o644), b"Name: demo\n"),
+        ]);
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wheel));
+        let (index, hits) = pypi::tests::serve(pypi::tests::index_json(Some(&sha)), wheel);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("data"), crate::StoreOptions::default()).unwrap();
+        let text = format!(
+            "name = \"runbox-test/wheel:1\"\n[debian]\npackages = [\"python3\"]\n\
+             [[pypi]]\nname = \"demo\"\nversion = \"1.0\"\nfile = \"demo-1.0-py3-none-any.whl\"\nsha256 = \"{sha}\"\n\
+             [[files]]\npath = \"/usr/local/bin/hello\"\nmode = 0o755\ntext = \"#!/bin/sh\\n\"\n"
+        );
+        let recipe = Recipe::parse(&text, &dir.path().join("r.toml")).unwrap();
+        let opts = BuildOptions {
+            scratch_dir: Some("/dev/shm".into()),
+            pypi_index: Some(index),
+            ..BuildOptions::default()
+        };
+        let report = store.build(&recipe, &opts, &NoProgress).unwrap();
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "the index page and the wheel"
+        );
+        let layers = &report.image.layers;
+        assert_eq!(layers.len(), 3, "system, wheels, files");
+        let site = store
+            .layer_dir(&layers[1].diff_id)
+            .join("usr/local/lib/python3.11/dist-packages");
+        assert_eq!(
+            std::fs::read(site.join("demo/__init__.py")).unwrap(),
+            b"ANSWER = 42\n"
+        );
+        assert!(site.join("demo-1.0.dist-info/METADATA").is_file());
+        assert!(store
+            .layer_dir(&layers[2].diff_id)
+            .join("usr/local/bin/hello")
+            .is_file());
+        let again = BuildOptions {
+            force: true,
+            ..opts
+        };
+        let rebuilt = store.build(&recipe, &again, &NoProgress).unwrap();
+        assert!(!rebuilt.cached);
+        assert_eq!(rebuilt.image.layers[1].diff_id, layers[1].diff_id);
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "the wheel came from the store"
+        );
+    }
 
     #[test]
     fn phases_are_reported_once_and_only_forward() {

@@ -90,6 +90,68 @@ pub struct RecipeFile {
     pub contents: Vec<u8>,
 }
 
+/// One `[[pypi]]` entry: a wheel from the Python Package Index, pinned by its
+/// file name and sha256, unpacked into the image's
+/// `/usr/local/lib/python3.X/dist-packages` (see [`crate::build`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PypiWheel {
+    /// The project's name as given (`duckdb`).
+    pub name: String,
+    pub version: String,
+    /// The wheel's file name, tags included
+    /// (`duckdb-1.2.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl`).
+    pub file: String,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+impl PypiWheel {
+    /// The name as the simple index spells it (PEP 503: lowercase, runs of
+    /// `-`, `_` and `.` as one `-`).
+    pub fn normalized_name(&self) -> String {
+        normalize_project(&self.name)
+    }
+
+    /// The sha256 as a [`Digest`].
+    pub fn digest(&self) -> Digest {
+        Digest::from_hex(&self.sha256).expect("validated when the recipe loaded")
+    }
+
+    /// The file name's tags: (python tags, abi tags, platform tags), each
+    /// split at `.` (`py2.py3` is two python tags).
+    pub fn tags(&self) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        let stem = self.file.strip_suffix(".whl").unwrap_or(&self.file);
+        let parts: Vec<&str> = stem.split('-').collect();
+        let n = parts.len();
+        if n < 5 {
+            return (Vec::new(), Vec::new(), Vec::new());
+        }
+        (
+            parts[n - 3].split('.').collect(),
+            parts[n - 2].split('.').collect(),
+            parts[n - 1].split('.').collect(),
+        )
+    }
+}
+
+/// PEP 503 normalization: lowercase, every run of `-`, `_`, `.` becomes `-`.
+pub(crate) fn normalize_project(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// A parsed and validated image recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipe {
@@ -97,6 +159,7 @@ pub struct Recipe {
     name: String,
     debian: DebianSpec,
     files: Vec<RecipeFile>,
+    pypi: Vec<PypiWheel>,
     config: ImageConfig,
     digest: Digest,
 }
@@ -110,7 +173,18 @@ struct RawRecipe {
     #[serde(default)]
     files: Vec<RawFile>,
     #[serde(default)]
+    pypi: Vec<RawPypi>,
+    #[serde(default)]
     config: RawConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPypi {
+    name: String,
+    version: String,
+    file: String,
+    sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +249,10 @@ struct Canonical<'a> {
     name: &'a str,
     debian: &'a DebianSpec,
     files: Vec<CanonicalFile<'a>>,
+    /// Left out when empty, so recipes without wheels keep the digests they had
+    /// before wheels existed.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pypi: &'a [PypiWheel],
     config: &'a ImageConfig,
 }
 
@@ -219,12 +297,14 @@ impl Recipe {
         let name = check_name(path, &raw.name)?;
         let debian = check_debian(path, raw.debian)?;
         let files = check_files(path, base_dir, raw.files)?;
+        let pypi = check_pypi(path, raw.pypi)?;
         let config = check_config(path, raw.config)?;
         let mut recipe = Recipe {
             path: path.to_owned(),
             name,
             debian,
             files,
+            pypi,
             config,
             digest: Digest::from_sha256_bytes(&[0; 32]),
         };
@@ -250,14 +330,19 @@ impl Recipe {
         &self.files
     }
 
+    /// The `[[pypi]]` wheels, in the recipe's order.
+    pub fn pypi(&self) -> &[PypiWheel] {
+        &self.pypi
+    }
+
     /// The image config as the recipe gives it (without the digest label).
     pub fn config(&self) -> &ImageConfig {
         &self.config
     }
 
     /// sha256 over a canonical form of the parsed recipe (defaults filled in,
-    /// packages sorted), the bytes of every added file, and the build format
-    /// version. Whitespace, comments and how a file's content is written
+    /// packages sorted), the bytes of every added file, the pinned wheels (name,
+    /// version, file name, sha256), and the build format version. Whitespace, comments and how a file's content is written
     /// (`text`, `base64` or `from`) do not change it.
     pub fn digest(&self) -> Digest {
         self.digest.clone()
@@ -277,6 +362,7 @@ impl Recipe {
                     sha256: hex::encode(Sha256::digest(&f.contents)),
                 })
                 .collect(),
+            pypi: &self.pypi,
             config: &self.config,
         };
         let bytes = serde_json::to_vec(&canonical).expect("plain data serializes");
@@ -562,6 +648,134 @@ fn read_from(path: &Path, base_dir: &Path, field: &str, from: &str) -> Result<Ve
     Ok(contents)
 }
 
+/// Most `[[pypi]]` wheels in one recipe.
+pub const MAX_WHEELS: usize = 100;
+
+/// PEP 508 project names: ASCII letters and digits, with `-`, `_`, `.` inside.
+fn is_project_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
+/// PEP 440 versions, loosely: a digit first, then letters, digits and `.+!_-`.
+fn is_version(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_digit()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b".+!_-".contains(&c))
+}
+
+/// Checks a wheel file name (PEP 427:
+/// `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`) against the
+/// entry's name and version.
+fn check_wheel_file(file: &str, name: &str, version: &str) -> std::result::Result<(), String> {
+    let ok_chars = file
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"._+!-".contains(&c));
+    let Some(stem) = file
+        .strip_suffix(".whl")
+        .filter(|_| ok_chars && file.len() <= 255)
+    else {
+        return Err(format!(
+            "{file:?} is not a wheel file name (NAME-VERSION-PYTHON-ABI-PLATFORM.whl; letters, digits, '._+!-')"
+        ));
+    };
+    let parts: Vec<&str> = stem.split('-').collect();
+    if !(5..=6).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "{file:?} is not a wheel file name: it needs 5 or 6 '-'-separated parts (NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl)"
+        ));
+    }
+    if normalize_project(parts[0]) != normalize_project(name) {
+        return Err(format!(
+            "{file:?} is a wheel of {:?}, not of {name:?}",
+            parts[0]
+        ));
+    }
+    // Wheel file names write the version's '-' as '_'.
+    if parts[1] != version.replace('-', "_") {
+        return Err(format!(
+            "{file:?} is a wheel of version {:?}, not {version:?}",
+            parts[1]
+        ));
+    }
+    if parts.len() == 6 && !parts[2].as_bytes()[0].is_ascii_digit() {
+        return Err(format!(
+            "{file:?}: the build tag {:?} must start with a digit",
+            parts[2]
+        ));
+    }
+    Ok(())
+}
+
+fn check_pypi(path: &Path, raw: Vec<RawPypi>) -> Result<Vec<PypiWheel>> {
+    if raw.len() > MAX_WHEELS {
+        return Err(invalid(
+            path,
+            "pypi",
+            format!("{} wheels, more than the limit of {MAX_WHEELS}", raw.len()),
+        ));
+    }
+    let mut out: Vec<PypiWheel> = Vec::with_capacity(raw.len());
+    for (i, w) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("pypi[{i}].{name}");
+        if !is_project_name(&w.name) {
+            return Err(invalid(
+                path,
+                &field("name"),
+                format!(
+                    "{:?} is not a PyPI project name (letters, digits, '-', '_', '.')",
+                    w.name
+                ),
+            ));
+        }
+        if !is_version(&w.version) {
+            return Err(invalid(
+                path,
+                &field("version"),
+                format!(
+                    "{:?} is not a version (a digit first, then letters, digits, '.+!_-')",
+                    w.version
+                ),
+            ));
+        }
+        check_wheel_file(&w.file, &w.name, &w.version)
+            .map_err(|r| invalid(path, &field("file"), r))?;
+        if w.sha256.len() != 64 || !w.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid(
+                path,
+                &field("sha256"),
+                format!("{:?} is not a sha256 (64 hex digits)", w.sha256),
+            ));
+        }
+        let wheel = PypiWheel {
+            sha256: w.sha256.to_ascii_lowercase(),
+            name: w.name,
+            version: w.version,
+            file: w.file,
+        };
+        if let Some(j) = out
+            .iter()
+            .position(|o| o.normalized_name() == wheel.normalized_name())
+        {
+            return Err(invalid(
+                path,
+                &field("name"),
+                format!("{:?} is already installed by pypi[{j}]", wheel.name),
+            ));
+        }
+        out.push(wheel);
+    }
+    Ok(out)
+}
+
 fn check_config(path: &Path, raw: RawConfig) -> Result<ImageConfig> {
     for (what, list) in [("entrypoint", &raw.entrypoint), ("cmd", &raw.cmd)] {
         for (i, s) in list.iter().flatten().enumerate() {
@@ -746,6 +960,120 @@ mode = 493
         assert!(reason.contains("unknown field `txt`"), "{reason}");
         let (_, reason) = field_error("name = \"x\"\nimage = \"y\"\n");
         assert!(reason.contains("unknown field `image`"), "{reason}");
+    }
+
+    const WHEEL: &str = r##"
+[[pypi]]
+name = "DuckDB"
+version = "1.2.2"
+file = "duckdb-1.2.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+sha256 = "FD9C434127FD1575694E1CF19A393BED301F5D6E80B4BCDAE80CAA368A61A678"
+"##;
+
+    #[test]
+    fn parses_pypi_wheels() {
+        let r = parse(&format!("{GOOD}{WHEEL}")).unwrap();
+        let w = &r.pypi()[0];
+        assert_eq!(w.name, "DuckDB");
+        assert_eq!(w.normalized_name(), "duckdb");
+        assert_eq!(
+            w.sha256,
+            "fd9c434127fd1575694e1cf19a393bed301f5d6e80b4bcdae80caa368a61a678"
+        );
+        assert_eq!(w.digest().hex(), w.sha256);
+        let (py, abi, plat) = w.tags();
+        assert_eq!(py, ["cp311"]);
+        assert_eq!(abi, ["cp311"]);
+        assert_eq!(plat, ["manylinux_2_17_x86_64", "manylinux2014_x86_64"]);
+        assert_eq!(super::normalize_project("Foo.._-Bar"), "foo-bar");
+        assert!(parse(GOOD).unwrap().pypi().is_empty());
+    }
+
+    #[test]
+    fn digest_covers_the_pinned_wheels_and_not_their_absence() {
+        let plain = parse(GOOD).unwrap().digest();
+        // The digest recipes without wheels had before wheels existed.
+        assert_eq!(
+            plain.to_string(),
+            "sha256:14c4a6496976e6251b1ee04cf35b06bec1e8d601fbe62be05422f32a880a0dcf"
+        );
+        let with = format!("{GOOD}{WHEEL}");
+        let base = parse(&with).unwrap().digest();
+        assert_ne!(base, plain);
+        // The sha256's case is not meaningful; everything else is.
+        assert_eq!(parse(&with.replace("FD9C", "fd9c")).unwrap().digest(), base);
+        for changed in [
+            with.replace("A678\"", "A679\""),
+            with.replace("1.2.2", "1.2.3"),
+            with.replace(
+                "manylinux_2_17_x86_64.manylinux2014_x86_64",
+                "manylinux_2_17_x86_64",
+            ),
+            with.replace("\"DuckDB\"", "\"duckdb\""),
+        ] {
+            assert_ne!(parse(&changed).unwrap().digest(), base, "{changed}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_pypi_entries() {
+        let with = format!("name = \"x\"\n{WHEEL}");
+        for (from, to, field, why) in [
+            (
+                "\"DuckDB\"",
+                "\"duck db\"",
+                "pypi[0].name",
+                "not a PyPI project name",
+            ),
+            (
+                "\"DuckDB\"",
+                "\"-duckdb\"",
+                "pypi[0].name",
+                "not a PyPI project name",
+            ),
+            (
+                "version = \"1.2.2\"",
+                "version = \"latest\"",
+                "pypi[0].version",
+                "not a version",
+            ),
+            (
+                "version = \"1.2.2\"",
+                "version = \"1.2.3\"",
+                "pypi[0].file",
+                "not \"1.2.3\"",
+            ),
+            (
+                "file = \"duckdb-",
+                "file = \"pandas-",
+                "pypi[0].file",
+                "wheel of \"pandas\"",
+            ),
+            (".whl\"", ".zip\"", "pypi[0].file", "not a wheel file name"),
+            ("-cp311-cp311-", "-cp311-", "pypi[0].file", "5 or 6"),
+            (
+                "duckdb-1.2.2-cp311",
+                "../duckdb-1.2.2-cp311",
+                "pypi[0].file",
+                "not a wheel file name",
+            ),
+            ("FD9C", "FD9", "pypi[0].sha256", "64 hex"),
+            ("FD9C", "XD9C", "pypi[0].sha256", "64 hex"),
+        ] {
+            assert!(with.contains(from), "{from}");
+            let (f, reason) = field_error(&with.replace(from, to));
+            assert_eq!(f, field, "{to}");
+            assert!(reason.contains(why), "{to}: {reason}");
+        }
+        let (f, reason) = field_error(&format!("{with}{}", WHEEL.replace("DuckDB", "duckdb")));
+        assert_eq!(f, "pypi[1].name");
+        assert!(reason.contains("already installed by pypi[0]"), "{reason}");
+        let (f, reason) = field_error(&with.replace("version =", "url = \"x\"\nversion ="));
+        assert_eq!(f, "pypi[0].url");
+        assert!(reason.contains("unknown field `url`"), "{reason}");
+        let (f, reason) = field_error(&with.replace("sha256 = ", "#"));
+        assert_eq!(f, "pypi[0]");
+        assert!(reason.contains("missing field `sha256`"), "{reason}");
     }
 
     #[test]

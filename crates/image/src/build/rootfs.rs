@@ -30,9 +30,30 @@ pub(crate) struct Conflict {
     pub reason: String,
 }
 
+/// The root file system entries the scan records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    /// Exact paths (relative, no leading `/`).
+    pub paths: BTreeSet<String>,
+    /// Also the entries the wheel layer needs: `usr/lib/python3.N` (which
+    /// Pythons the system has) and the site directories' parents
+    /// ([`super::pypi::wanted_by_wheels`]).
+    pub wheels: bool,
+}
+
+impl Wanted {
+    fn contains(&self, path: &str) -> bool {
+        self.paths.contains(path) || (self.wheels && super::pypi::wanted_by_wheels(path))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.paths.is_empty() && !self.wheels
+    }
+}
+
 /// The paths (relative, no leading `/`) whose entries in the root file system
 /// decide how the files are added: every file and each of its parents.
-pub(crate) fn wanted_paths(files: &[RecipeFile]) -> BTreeSet<String> {
+pub(crate) fn wanted_paths(files: &[RecipeFile]) -> Wanted {
     let mut out = BTreeSet::new();
     for f in files {
         let rel = f.path.trim_start_matches('/');
@@ -43,7 +64,10 @@ pub(crate) fn wanted_paths(files: &[RecipeFile]) -> BTreeSet<String> {
             end += 1;
         }
     }
-    out
+    Wanted {
+        paths: out,
+        wheels: false,
+    }
 }
 
 /// Passes `input` to `consume` while a second thread reads the same bytes as a
@@ -51,7 +75,7 @@ pub(crate) fn wanted_paths(files: &[RecipeFile]) -> BTreeSet<String> {
 /// as when unpacking).
 pub(crate) fn with_scan<T>(
     input: &mut dyn Read,
-    wanted: &BTreeSet<String>,
+    wanted: &Wanted,
     consume: impl FnOnce(&mut dyn Read) -> T,
 ) -> (T, io::Result<BTreeMap<String, Found>>) {
     std::thread::scope(|s| {
@@ -70,7 +94,7 @@ pub(crate) fn with_scan<T>(
     })
 }
 
-fn scan(mut r: ChanReader, wanted: &BTreeSet<String>) -> io::Result<BTreeMap<String, Found>> {
+fn scan(mut r: ChanReader, wanted: &Wanted) -> io::Result<BTreeMap<String, Found>> {
     let result = scan_entries(&mut r, wanted);
     // Whatever happened, read to the end so the sender never blocks on us (tar
     // stops at the end-of-archive blocks, before the stream's end).
@@ -78,10 +102,7 @@ fn scan(mut r: ChanReader, wanted: &BTreeSet<String>) -> io::Result<BTreeMap<Str
     result
 }
 
-fn scan_entries(
-    r: &mut ChanReader,
-    wanted: &BTreeSet<String>,
-) -> io::Result<BTreeMap<String, Found>> {
+fn scan_entries(r: &mut ChanReader, wanted: &Wanted) -> io::Result<BTreeMap<String, Found>> {
     let mut found = BTreeMap::new();
     if wanted.is_empty() {
         return Ok(found);
