@@ -78,6 +78,44 @@ pub enum Command {
     Worker(Box<WorkerArgs>),
     /// Manage the tokens of `runbox worker`s, in the server's database.
     Workers(WorkersArgs),
+    /// Database systems and other stateful programs: provision once, snapshot,
+    /// query from warm instances (docs/systems.md).
+    #[command(subcommand)]
+    System(SystemCommand),
+}
+
+/// `runbox system`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// List the catalog's systems with their fingerprint and snapshot state.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find the system's snapshot by fingerprint (verified), else provision it cold
+    /// (install, start, check, load, stop) and snapshot it.
+    Provision {
+        id: String,
+        /// Provision cold even when a snapshot matches.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one query (from the argument, or stdin with `-`) on an instance started
+    /// from the snapshot, on each system named (comma-separated: side by side).
+    Query {
+        /// System id(s), comma-separated.
+        systems: String,
+        /// The query; `-` reads it from stdin.
+        query: String,
+        /// Run it this many times on the same warm instance (the first answer is
+        /// printed; timings of each are reported with --json).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `runbox worker`.

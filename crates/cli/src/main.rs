@@ -15,6 +15,7 @@ mod pull;
 mod run;
 mod script;
 mod serve;
+mod system;
 mod units;
 mod worker;
 mod workers;
@@ -139,6 +140,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         ),
         Command::Worker(args) => worker::run(&cli.data_dir, cli.catalog.as_deref(), *args),
         Command::Workers(args) => workers::run(&cli.data_dir, args),
+        Command::System(cmd) => system::run(&cli.data_dir, cli.catalog.as_deref(), cmd),
         Command::Catalog(cmd) => catalog::run(
             &cli.data_dir,
             catalog::load(&cli.data_dir, cli.catalog.as_deref())?,

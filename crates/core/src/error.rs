@@ -75,6 +75,8 @@ pub enum ErrorCode {
     ProvisionFailed,
     /// Too many live sandboxes; delete one or retry later.
     TooManySandboxes,
+    /// The live sandbox has execs running (for an operation that needs it idle).
+    SandboxBusy,
     /// A bug in runbox.
     Internal,
 }
@@ -113,6 +115,7 @@ impl ErrorCode {
             ErrorCode::SandboxEnded => "sandbox_ended",
             ErrorCode::ProvisionFailed => "provision_failed",
             ErrorCode::TooManySandboxes => "too_many_sandboxes",
+            ErrorCode::SandboxBusy => "sandbox_busy",
             ErrorCode::Internal => "internal",
         }
     }

@@ -8,6 +8,7 @@ pub mod idmap;
 pub mod job;
 pub mod limits;
 pub mod reference;
+pub mod sandbox;
 
 pub use data::Data;
 pub use digest::{Digest, DigestError};
@@ -19,6 +20,7 @@ pub use job::{
 };
 pub use limits::{LimitError, LimitKind, Limits, LimitsPolicy, LimitsSpec};
 pub use reference::{ImageRef, ReferenceError};
+pub use sandbox::{CreateSandbox, ExecSpec, SandboxInfo};
 
 /// Generates a random job or sandbox id: 16 lowercase hex characters.
 pub fn new_id(random: u64) -> String {

@@ -3,8 +3,14 @@
 //! store while the job uses its layers, plan the job against the host's limits,
 //! run it in the sandbox backend.
 
+mod sandboxes;
+mod systems;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use sandboxes::{SandboxesConfig, SnapshotMade, SNAPSHOT_EXCLUDES};
+pub use systems::{ProvisionReport, QueryAnswer, SystemsConfig};
 
 use runbox_catalog::{Catalog, CatalogError};
 use runbox_core::{ErrorCode, JobResult, JobSpec, Limits, LimitsPolicy};
@@ -26,6 +32,10 @@ pub struct EngineConfig {
     pub netns_ready: usize,
     /// The program catalog `program` jobs are resolved against.
     pub catalog: Option<Arc<Catalog>>,
+    /// Bounds on live sandboxes.
+    pub sandboxes: SandboxesConfig,
+    /// Warm pools of system instances.
+    pub systems: SystemsConfig,
 }
 
 impl EngineConfig {
@@ -37,6 +47,8 @@ impl EngineConfig {
             policy: host_policy(),
             netns_ready: 0,
             catalog: None,
+            sandboxes: SandboxesConfig::default(),
+            systems: SystemsConfig::default(),
         }
     }
 }
@@ -56,6 +68,14 @@ pub enum EngineError {
     Request(String),
     #[error("program {program}'s image {image} is not in the store; build the catalog's images with `runbox catalog build`")]
     ProgramImageMissing { program: String, image: String },
+    #[error("{message}")]
+    Coded { code: ErrorCode, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl EngineError {
@@ -67,6 +87,15 @@ impl EngineError {
             EngineError::Catalog(e) => e.code(),
             EngineError::Request(_) => ErrorCode::InvalidArgument,
             EngineError::ProgramImageMissing { .. } => ErrorCode::ImageNotFound,
+            EngineError::Coded { code, .. } => *code,
+            EngineError::Io { .. } => ErrorCode::Io,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            context: context.into(),
+            source,
         }
     }
 }
@@ -78,6 +107,8 @@ pub struct Engine {
     cfg: EngineConfig,
     store: Store,
     backend: NamespaceBackend,
+    live: sandboxes::LiveSet,
+    pools: systems::Pools,
 }
 
 impl Engine {
@@ -101,6 +132,8 @@ impl Engine {
             cfg,
             store,
             backend,
+            live: Default::default(),
+            pools: Default::default(),
         })
     }
 

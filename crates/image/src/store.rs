@@ -331,6 +331,29 @@ impl Store {
         self.layers.join(format!("{}.json", diff_id.hex()))
     }
 
+    /// Forgets the unpacked form of a layer found damaged (a snapshot layer whose
+    /// tree digest no longer matches): its marker goes first, so the layer counts
+    /// as incomplete and the next import that needs it unpacks it again from its
+    /// verified blob; then the directory is moved aside and removed. Sandboxes
+    /// still running on it keep what they have open.
+    pub fn discard_layer(&self, diff_id: &Digest) -> Result<()> {
+        let _index = self.lock_index()?;
+        let marker = self.marker_path(diff_id);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ImageError::io("removing", &marker, e)),
+        }
+        let dir = self.layer_dir(diff_id);
+        if dir.exists() {
+            let aside = self.tmp.join(fsutil::unique_name("discarded"));
+            std::fs::rename(&dir, &aside).map_err(|e| ImageError::io("moving", &dir, e))?;
+            fsutil::remove_tree(&aside).map_err(|e| ImageError::io("removing", &aside, e))?;
+        }
+        tracing::warn!(layer = %diff_id, "discarded a damaged unpacked layer");
+        Ok(())
+    }
+
     /// All images, sorted by name then digest.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         let mut records = self.load_records()?;

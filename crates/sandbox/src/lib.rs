@@ -125,6 +125,9 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     fn get_file(&self, path: &str, max_bytes: u64) -> Vec<runbox_core::OutputFile>;
     /// Whether its init still holds it (false once killed, e.g. by the OOM killer).
     fn is_alive(&self) -> bool;
+    /// Ends every process in it now (execs running return, killed); it can no
+    /// longer be used. Dropping it then removes what is left.
+    fn kill(&self);
     /// Ends every process in the sandbox and returns its writable layer, which no
     /// process can change any more: what a snapshot is made of.
     fn freeze(self: Box<Self>) -> Result<FrozenLayer, SandboxError>;

@@ -60,7 +60,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ImageInvalid | ExpectationFailed => StatusCode::BAD_REQUEST,
         Unauthorized | RegistryAuth => StatusCode::UNAUTHORIZED,
         ImageNotFound | ProgramNotFound | NotFound => StatusCode::NOT_FOUND,
-        ImageNotReady | StoreBusy | LeaseLost | Cancelled => StatusCode::CONFLICT,
+        ImageNotReady | StoreBusy | LeaseLost | Cancelled | SandboxBusy => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -372,6 +372,10 @@ impl Sandbox for LiveSandbox {
         matches!(poll(&mut fds, Some(&zero)), Ok(0))
     }
 
+    fn kill(&self) {
+        let _ = rustix::process::pidfd_send_signal(&self.init.pidfd, rustix::process::Signal::KILL);
+    }
+
     fn freeze(mut self: Box<Self>) -> Result<FrozenLayer, SandboxError> {
         let dir = self.upper.take().expect("present until frozen");
         let id_map = self.backend.cfg.id_map;
