@@ -26,15 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-use rustix::pipe::{pipe_with, PipeFlags};
 
 use super::child::{self, EnterPlan, ProgramPlan};
 use super::files::SandboxRoot;
 use super::supervise::{self, Leftovers, Pipes};
 use super::{
-    above_stdio, cancelled_before_start, exec_failure, job_result, rlimits, CgroupGuard,
-    ChildGuard, NamespaceBackend, Start, Started,
+    cancelled_before_start, exec_failure, job_result, rlimits, CgroupGuard, ChildGuard, JobPipes,
+    NamespaceBackend, Start, Started,
 };
 use crate::cgroup::{self, JoinBy};
 use crate::plan::{JobPlan, PlannedInput};
@@ -235,25 +233,13 @@ impl Sandbox for LiveSandbox {
                 })?;
         }
 
-        let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)
-                .map_err(|e| SandboxError::io("creating a pipe", e))?;
-            Ok((
-                above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
-                above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
-            ))
-        };
-        let (stdin_r, stdin_w) = pipe()?;
-        let (stdout_r, stdout_w) = pipe()?;
-        let (stderr_r, stderr_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (sync_parent, sync_child) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| SandboxError::io("creating a socket pair", e))?;
+        let JobPipes {
+            stdin: (stdin_r, stdin_w),
+            stdout: (stdout_r, stdout_w),
+            stderr: (stderr_r, stderr_w),
+            err: (err_r, err_w),
+            sync: (sync_parent, sync_child),
+        } = JobPipes::new()?;
 
         let n = self.execs.fetch_add(1, Ordering::Relaxed);
         let cg = CgroupGuard(Some(

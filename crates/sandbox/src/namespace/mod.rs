@@ -325,6 +325,43 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The pipes between runbox and a job's process (read end, write end) and the sync
+/// socket (runbox's end, the child's end), all close-on-exec and numbered 3 or
+/// above.
+struct JobPipes {
+    stdin: (OwnedFd, OwnedFd),
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    err: (OwnedFd, OwnedFd),
+    sync: (OwnedFd, OwnedFd),
+}
+
+impl JobPipes {
+    fn new() -> Result<JobPipes, SandboxError> {
+        let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
+            let (r, w) = pipe_with(PipeFlags::CLOEXEC)
+                .map_err(|e| SandboxError::io("creating a pipe", e))?;
+            Ok((
+                above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
+                above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
+            ))
+        };
+        Ok(JobPipes {
+            stdin: pipe()?,
+            stdout: pipe()?,
+            stderr: pipe()?,
+            err: pipe()?,
+            sync: socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| SandboxError::io("creating a socket pair", e))?,
+        })
+    }
+}
+
 /// Moves a descriptor to 3 or above, so the child's dup2 onto 0-2 cannot clobber it.
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() >= 3 {
@@ -434,25 +471,13 @@ impl NamespaceBackend {
         let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
 
-        let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)
-                .map_err(|e| SandboxError::io("creating a pipe", e))?;
-            Ok((
-                above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
-                above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
-            ))
-        };
-        let (stdin_r, stdin_w) = pipe()?;
-        let (stdout_r, stdout_w) = pipe()?;
-        let (stderr_r, stderr_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (sync_parent, sync_child) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| SandboxError::io("creating a socket pair", e))?;
+        let JobPipes {
+            stdin: (stdin_r, stdin_w),
+            stdout: (stdout_r, stdout_w),
+            stderr: (stderr_r, stderr_w),
+            err: (err_r, err_w),
+            sync: (sync_parent, sync_child),
+        } = JobPipes::new()?;
 
         // The child joins its cgroup without waiting (see `JoinBy`).
         let cg = CgroupGuard(Some(
