@@ -175,3 +175,48 @@ pub(crate) fn join_components(parts: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// A private directory under the store's `tmp/` (a build's or a commit's),
+/// flocked while it lives so [`crate::Store::open`] of another process never
+/// removes it (the same protocol as an import's staging); removed on drop.
+pub(crate) struct TmpDir {
+    pub path: std::path::PathBuf,
+    _lock: OwnedFd,
+}
+
+impl TmpDir {
+    /// `prefix` names it (`build`, `commit`) in `tmp/` and in the warning a failed
+    /// removal logs.
+    pub(crate) fn new(tmp: &Path, prefix: &str) -> crate::error::Result<TmpDir> {
+        use crate::error::ImageError;
+        // Another process's Store::open may flock the directory between our mkdir
+        // and flock, taking it for a crashed one's: then use a fresh name.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let path = tmp.join(unique_name(prefix));
+            rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700))
+                .map_err(|e| ImageError::io("creating", &path, e.into()))?;
+            let fd = open_dir(&path).map_err(|e| ImageError::io("opening", &path, e))?;
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(TmpDir { path, _lock: fd }),
+                Err(Errno::WOULDBLOCK) if attempts < 5 => continue,
+                Err(e) => return Err(ImageError::io("locking", &path, e.into())),
+            }
+        }
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let removed = match (self.path.parent(), self.path.file_name()) {
+            (Some(parent), Some(name)) => {
+                open_dir(parent).and_then(|fd| remove_tree_at(fd.as_fd(), OsStr::new(name)))
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a staging directory");
+        }
+    }
+}

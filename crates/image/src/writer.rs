@@ -608,3 +608,12 @@ pub fn write_oci_archive(layout: &Path, out: &Path, gzip: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// A writer error as the store reports it (builds and commits write layouts).
+pub(crate) fn writer_err(e: WriterError) -> crate::error::ImageError {
+    use crate::error::ImageError;
+    match e {
+        WriterError::Io { op, path, source } => ImageError::Io { op, path, source },
+        WriterError::Json(e) => ImageError::Internal(format!("writing the image layout: {e}")),
+    }
+}

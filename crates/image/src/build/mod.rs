@@ -19,14 +19,11 @@
 //! the recipe names already has the recipe's digest there, the build returns it
 //! at once without running anything.
 
-use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use runbox_core::Digest;
-use rustix::fs::{FlockOperation, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ImageError, Result};
@@ -35,7 +32,7 @@ use crate::import::ImportOptions;
 use crate::progress::{ImportProgress, NoProgress};
 use crate::record::ImageRecord;
 use crate::store::Store;
-use crate::writer::{ImageSpec, LayerCompression, LayoutWriter, WriterError};
+use crate::writer::{writer_err, ImageSpec, LayerCompression, LayoutWriter};
 
 mod mmdebstrap;
 mod pypi;
@@ -176,54 +173,6 @@ impl Phases<'_> {
     }
 }
 
-/// The build's private directory under `tmp/`, flocked while it lives so
-/// [`Store::open`] of another process never removes it; removed on drop. (The
-/// same protocol as an import's staging.)
-struct BuildDir {
-    path: PathBuf,
-    _lock: OwnedFd,
-}
-
-impl BuildDir {
-    fn new(tmp: &Path) -> Result<BuildDir> {
-        // Another process's Store::open may flock the directory between our mkdir
-        // and flock, taking it for a crashed build's: then use a fresh name.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let path = tmp.join(fsutil::unique_name("build"));
-            rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700))
-                .map_err(|e| ImageError::io("creating", &path, e.into()))?;
-            let fd = fsutil::open_dir(&path).map_err(|e| ImageError::io("opening", &path, e))?;
-            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(BuildDir { path, _lock: fd }),
-                Err(rustix::io::Errno::WOULDBLOCK) if attempts < 5 => continue,
-                Err(e) => return Err(ImageError::io("locking", &path, e.into())),
-            }
-        }
-    }
-}
-
-impl Drop for BuildDir {
-    fn drop(&mut self) {
-        let removed = match (self.path.parent(), self.path.file_name()) {
-            (Some(parent), Some(name)) => fsutil::open_dir(parent)
-                .and_then(|fd| fsutil::remove_tree_at(fd.as_fd(), OsStr::new(name))),
-            _ => Ok(()),
-        };
-        if let Err(e) = removed {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove build staging");
-        }
-    }
-}
-
-fn writer_err(e: WriterError) -> ImageError {
-    match e {
-        WriterError::Io { op, path, source } => ImageError::Io { op, path, source },
-        WriterError::Json(e) => ImageError::Internal(format!("writing the image layout: {e}")),
-    }
-}
-
 impl Store {
     /// Builds the image `recipe` describes and names it `recipe.name()`, or, unless
     /// `opts.force`, returns the image of that name at once when it was built
@@ -262,7 +211,7 @@ impl Store {
         let image = {
             // gc removes everything in tmp/ unless a lease holds the store.
             let _lease = self.lock_shared()?;
-            let dir = BuildDir::new(self.tmp_dir())?;
+            let dir = fsutil::TmpDir::new(self.tmp_dir(), "build")?;
             let index = pypi::index_url(opts.pypi_index.as_deref());
             let wheels = pypi::fetch_all(
                 self,

@@ -3,14 +3,11 @@
 //! import.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use runbox_core::Digest;
-use rustix::fs::{FlockOperation, Mode};
 use sha2::{Digest as _, Sha256};
 
 use super::tree_digest;
@@ -21,7 +18,7 @@ use crate::progress::ImportProgress;
 use crate::record::{ImageConfig, ImageRecord, LayerRef};
 use crate::store::Store;
 use crate::writer::{
-    ImageSpec, LayerCompression, LayoutWriter, Tree, TreeEntry, WriterError, WrittenLayer,
+    writer_err, ImageSpec, LayerCompression, LayoutWriter, Tree, TreeEntry, WrittenLayer,
 };
 
 /// How the new layer of a commit is stored. Uncompressed: the blob is the tar
@@ -61,53 +58,6 @@ pub struct CommitFile {
     pub mode: u32,
 }
 
-/// A private directory under the store's `tmp/`, flocked while it lives (so
-/// another process's `Store::open` leaves it alone), removed on drop.
-struct CommitDir {
-    path: PathBuf,
-    _lock: OwnedFd,
-}
-
-impl CommitDir {
-    fn new(tmp: &Path) -> Result<CommitDir> {
-        // Another process's Store::open may flock the directory between our mkdir
-        // and flock, taking it for a crashed one's: then use a fresh name.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let path = tmp.join(fsutil::unique_name("commit"));
-            rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700))
-                .map_err(|e| ImageError::io("creating", &path, e.into()))?;
-            let fd = fsutil::open_dir(&path).map_err(|e| ImageError::io("opening", &path, e))?;
-            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(CommitDir { path, _lock: fd }),
-                Err(rustix::io::Errno::WOULDBLOCK) if attempts < 5 => continue,
-                Err(e) => return Err(ImageError::io("locking", &path, e.into())),
-            }
-        }
-    }
-}
-
-impl Drop for CommitDir {
-    fn drop(&mut self) {
-        let removed = match (self.path.parent(), self.path.file_name()) {
-            (Some(parent), Some(name)) => fsutil::open_dir(parent)
-                .and_then(|fd| fsutil::remove_tree_at(fd.as_fd(), OsStr::new(name))),
-            _ => Ok(()),
-        };
-        if let Err(e) = removed {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove commit staging");
-        }
-    }
-}
-
-fn writer_err(e: WriterError) -> ImageError {
-    match e {
-        WriterError::Io { op, path, source } => ImageError::Io { op, path, source },
-        WriterError::Json(e) => ImageError::Internal(format!("writing the image layout: {e}")),
-    }
-}
-
 fn argument(what: impl Into<String>, reason: impl Into<String>) -> ImageError {
     ImageError::SnapshotArgument {
         what: what.into(),
@@ -135,7 +85,7 @@ impl Store {
         for l in spec.base.layers.iter().chain(&spec.extra_layers) {
             self.check_reusable(l)?;
         }
-        let dir = CommitDir::new(self.tmp_dir())?;
+        let dir = fsutil::TmpDir::new(self.tmp_dir(), "commit")?;
         let layout = dir.path.join("layout");
         let mut writer = LayoutWriter::create(&layout).map_err(writer_err)?;
         for l in spec.base.layers.iter().chain(&spec.extra_layers) {
@@ -178,7 +128,7 @@ impl Store {
     ) -> Result<ImportReport> {
         let tree = files_tree(files)?;
         let _lease = self.lock_shared()?;
-        let dir = CommitDir::new(self.tmp_dir())?;
+        let dir = fsutil::TmpDir::new(self.tmp_dir(), "commit")?;
         let layout = dir.path.join("layout");
         let mut writer = LayoutWriter::create(&layout).map_err(writer_err)?;
         writer
