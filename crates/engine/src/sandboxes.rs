@@ -67,7 +67,7 @@ pub(crate) struct Entry {
     _lease: StoreLease,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

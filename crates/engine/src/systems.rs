@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use runbox_catalog::{Dataset, System, SystemState};
 use runbox_core::{Data, ErrorCode, ExecSpec, JobResult, JobSpec, JobStatus, Limits};
@@ -34,7 +34,7 @@ use runbox_image::{CommitFile, ImageError, ImageRecord, LayerRef, NoProgress};
 use runbox_sandbox::NoEvents;
 use serde::{Deserialize, Serialize};
 
-use crate::sandboxes::Entry;
+use crate::sandboxes::{unix_now, Entry};
 use crate::{Engine, EngineError};
 
 /// Part of every fingerprint: bump when the same inputs would freeze differently.
@@ -127,12 +127,6 @@ struct Pool {
 struct Slot {
     entry: Arc<Entry>,
     busy: usize,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -629,7 +623,7 @@ impl Engine {
         loop {
             let n = {
                 let mut st = pool.state.lock().unwrap();
-                st.retain(|s| s.entry.sandbox.is_alive() && self.entry(&s.entry.id).is_ok());
+                self.prune(&mut st);
                 st.len()
             };
             if n >= self.cfg.systems.pool_size {
@@ -721,7 +715,7 @@ impl Engine {
         let per = self.cfg.systems.per_instance.max(1);
         let mut st = pool.state.lock().unwrap();
         loop {
-            st.retain(|s| s.entry.sandbox.is_alive() && self.entry(&s.entry.id).is_ok());
+            self.prune(&mut st);
             if let Some(slot) = st
                 .iter_mut()
                 .filter(|s| s.busy < per)
@@ -744,6 +738,11 @@ impl Engine {
             }
             st = pool.freed.wait(st).unwrap();
         }
+    }
+
+    /// Forgets instances that died or left the live set (expired, deleted).
+    fn prune(&self, slots: &mut Vec<Slot>) {
+        slots.retain(|s| s.entry.sandbox.is_alive() && self.entry(&s.entry.id).is_ok());
     }
 
     fn release_slot(&self, pool: &Pool, entry: &Arc<Entry>) {
