@@ -129,6 +129,9 @@ scenarios! {
     limit_input => "limit-input.jsonl",
     parallel_repeat_and_set => "parallel.jsonl",
     error_behaviour => "errors.jsonl",
+    live_sandbox => "sandbox.jsonl",
+    live_sandbox_errors => "sandbox-errors.jsonl",
+    system_commands => "system.jsonl",
 }
 
 #[test]

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use runbox_core::{LimitsSpec, NetworkPolicy};
+use runbox_core::{CreateSandbox, LimitsSpec, NetworkPolicy};
 use serde::Deserialize;
 
-use crate::expect::ExpectSpec;
+use crate::expect::{ExpectSpec, TextCheck};
 
 /// One parsed script line.
 #[derive(Debug, Clone)]
@@ -22,6 +22,15 @@ pub enum Command {
     Set(SetCmd),
     Repeat(RepeatCmd),
     Parallel(Box<ParallelCmd>),
+    SandboxCreate(Box<CreateSandbox>),
+    SandboxExec(Box<SandboxExecCmd>),
+    SandboxPut(Box<SandboxPutCmd>),
+    SandboxGet(SandboxGetCmd),
+    SandboxSnapshot(SandboxSnapshotCmd),
+    SandboxDelete(SandboxDeleteCmd),
+    Sandboxes,
+    SystemQuery(Box<SystemQueryCmd>),
+    SystemProvision(SystemProvisionCmd),
 }
 
 /// The names `cmd` may take.
@@ -36,6 +45,15 @@ pub const COMMANDS: &[&str] = &[
     "set",
     "repeat",
     "parallel",
+    "sandbox_create",
+    "sandbox_exec",
+    "sandbox_put",
+    "sandbox_get",
+    "sandbox_snapshot",
+    "sandbox_delete",
+    "sandboxes",
+    "system_query",
+    "system_provision",
 ];
 
 /// Why a line is not a valid command.
@@ -65,7 +83,29 @@ impl Command {
             Command::Set(_) => "set",
             Command::Repeat(_) => "repeat",
             Command::Parallel(_) => "parallel",
+            Command::SandboxCreate(_) => "sandbox_create",
+            Command::SandboxExec(_) => "sandbox_exec",
+            Command::SandboxPut(_) => "sandbox_put",
+            Command::SandboxGet(_) => "sandbox_get",
+            Command::SandboxSnapshot(_) => "sandbox_snapshot",
+            Command::SandboxDelete(_) => "sandbox_delete",
+            Command::Sandboxes => "sandboxes",
+            Command::SystemQuery(_) => "system_query",
+            Command::SystemProvision(_) => "system_provision",
         }
+    }
+
+    /// Whether the command's result becomes "the last result" (what `set`'s `from`
+    /// and `expect`'s `json` read). Checks and control commands keep the one before.
+    pub fn records_result(&self) -> bool {
+        !matches!(
+            self,
+            Command::Expect(_)
+                | Command::ExpectError(_)
+                | Command::Set(_)
+                | Command::Repeat(_)
+                | Command::Parallel(_)
+        )
     }
 
     /// Parses a command from a JSON object (variables already substituted).
@@ -115,7 +155,8 @@ impl Command {
             }
             "run" => Command::Run(Box::new(parse(&cmd, rest)?)),
             "expect" => {
-                // `result` picks the target; every other field is a check.
+                // `result` picks the target, `json` checks its JSON; every other
+                // field is a check on a job result.
                 let serde_json::Value::Object(mut checks) = rest else {
                     unreachable!("built from a map")
                 };
@@ -129,8 +170,33 @@ impl Command {
                         })
                     }
                 };
+                let json = match checks.remove("json") {
+                    None => BTreeMap::new(),
+                    Some(v) => parse::<BTreeMap<String, TextCheck>>(&cmd, v).map_err(|e| {
+                        ParseError::Field {
+                            cmd: cmd.clone(),
+                            message: format!(
+                                "\"json\" maps JSON pointers (\"/files/0/size\") to text checks: {e}"
+                            ),
+                        }
+                    })?,
+                };
+                if let Some(p) = json.keys().find(|p| !p.is_empty() && !p.starts_with('/')) {
+                    return Err(ParseError::Field {
+                        cmd,
+                        message: format!(
+                            "\"json\": {p:?} is not a JSON pointer (they start with \"/\")"
+                        ),
+                    });
+                }
+                let job_checks = !checks.is_empty();
                 let checks = parse(&cmd, serde_json::Value::Object(checks))?;
-                Command::Expect(Box::new(ExpectCmd { result, checks }))
+                Command::Expect(Box::new(ExpectCmd {
+                    result,
+                    json,
+                    job_checks,
+                    checks,
+                }))
             }
             "expect_error" => Command::ExpectError(parse(&cmd, rest)?),
             "set" => {
@@ -145,6 +211,18 @@ impl Command {
             }
             "repeat" => Command::Repeat(parse(&cmd, rest)?),
             "parallel" => Command::Parallel(Box::new(parse(&cmd, rest)?)),
+            "sandbox_create" => Command::SandboxCreate(Box::new(parse(&cmd, rest)?)),
+            "sandbox_exec" => Command::SandboxExec(Box::new(parse(&cmd, rest)?)),
+            "sandbox_put" => Command::SandboxPut(Box::new(parse(&cmd, rest)?)),
+            "sandbox_get" => Command::SandboxGet(parse(&cmd, rest)?),
+            "sandbox_snapshot" => Command::SandboxSnapshot(parse(&cmd, rest)?),
+            "sandbox_delete" => Command::SandboxDelete(parse(&cmd, rest)?),
+            "sandboxes" => {
+                no_fields(&rest)?;
+                Command::Sandboxes
+            }
+            "system_query" => Command::SystemQuery(Box::new(parse(&cmd, rest)?)),
+            "system_provision" => Command::SystemProvision(parse(&cmd, rest)?),
             other => return Err(ParseError::UnknownCommand(other.to_owned())),
         })
     }
@@ -244,8 +322,12 @@ pub struct RunCmd {
 /// `expect`: checks on a result.
 #[derive(Debug, Clone)]
 pub struct ExpectCmd {
-    /// Which result (by its `run` name); default: the last one.
+    /// Which result (by its `name`); default: the last one.
     pub result: Option<String>,
+    /// Checks on the result's JSON, by JSON pointer: any command's result.
+    pub json: BTreeMap<String, TextCheck>,
+    /// Whether any check besides `json` was given (they need a job result).
+    pub job_checks: bool,
     pub checks: ExpectSpec,
 }
 
@@ -258,7 +340,7 @@ pub struct ExpectErrorCmd {
     #[serde(default)]
     pub code: Option<String>,
     #[serde(default)]
-    pub message: Option<crate::expect::TextCheck>,
+    pub message: Option<TextCheck>,
 }
 
 /// `set`: a named value for `${name}` in later lines, given or taken from the last
@@ -292,6 +374,116 @@ pub struct ParallelCmd {
     pub command: serde_json::Value,
     #[serde(default)]
     pub expect: Option<ExpectSpec>,
+}
+
+/// `sandbox_exec`: one command in a live sandbox; its result is a job result, so
+/// `expect` checks it. `stdin` and `inputs` take the same forms as `run`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxExecCmd {
+    /// Name the result for a later `expect`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The sandbox's id (from `sandbox_create`: `{"cmd":"set","name":"sbx","from":"/id"}`).
+    pub sandbox: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub stdin: Option<Stdin>,
+    #[serde(default)]
+    pub inputs: Vec<InputCmd>,
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Leave what the command started running (daemons) for later execs.
+    #[serde(default)]
+    pub keep_running: bool,
+}
+
+/// `sandbox_put`: writes one file into a live sandbox; the file takes the same
+/// fields as a `run` input (`text`, `base64` or `from`; `executable`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPutCmd {
+    pub sandbox: String,
+    pub path: String,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub base64: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub executable: bool,
+    /// The file's owner (default: the image's user).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl SandboxPutCmd {
+    /// The file, as a `run` input.
+    pub fn input(&self) -> InputCmd {
+        InputCmd {
+            path: self.path.clone(),
+            text: self.text.clone(),
+            base64: self.base64.clone(),
+            from: self.from.clone(),
+            executable: self.executable,
+        }
+    }
+}
+
+/// `sandbox_get`: a file, or every file under a directory, from a live sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxGetCmd {
+    pub sandbox: String,
+    pub path: String,
+}
+
+/// `sandbox_snapshot`: freezes a sandbox's changes into an image (the sandbox ends).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSnapshotCmd {
+    pub sandbox: String,
+    /// The image's name (default `runbox-snapshot/<id>:latest`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `sandbox_delete`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDeleteCmd {
+    pub sandbox: String,
+}
+
+/// `system_query`: one query on a warm instance of a catalog system. `query` takes
+/// the same forms as `stdin` (a string, or `text`, `base64` or `from`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemQueryCmd {
+    /// Name the answer for a later `expect` (which checks its `result`).
+    #[serde(default)]
+    pub name: Option<String>,
+    pub system: String,
+    pub query: Stdin,
+}
+
+/// `system_provision`: the system's snapshot, found warm or provisioned cold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemProvisionCmd {
+    pub system: String,
+    /// Provision cold even when a snapshot matches.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[cfg(test)]
@@ -331,10 +523,211 @@ mod tests {
                 json!({"cmd": "parallel", "count": 2, "command": {"cmd": "run", "image": "x"}}),
                 "parallel",
             ),
+            (
+                json!({"cmd": "sandbox_create", "image": "x", "idle_timeout_s": 5}),
+                "sandbox_create",
+            ),
+            (
+                json!({"cmd": "sandbox_create", "snapshot": "s", "limits": {"memory_bytes": 1}}),
+                "sandbox_create",
+            ),
+            (
+                json!({"cmd": "sandbox_exec", "sandbox": "s", "argv": ["true"], "stdin": {"from": "f"},
+                       "inputs": [{"path": "a", "text": "x"}], "keep_running": true, "name": "n"}),
+                "sandbox_exec",
+            ),
+            (
+                json!({"cmd": "sandbox_put", "sandbox": "s", "path": "a", "base64": "eA==", "user": "0"}),
+                "sandbox_put",
+            ),
+            (
+                json!({"cmd": "sandbox_get", "sandbox": "s", "path": "a"}),
+                "sandbox_get",
+            ),
+            (
+                json!({"cmd": "sandbox_snapshot", "sandbox": "s"}),
+                "sandbox_snapshot",
+            ),
+            (
+                json!({"cmd": "sandbox_delete", "sandbox": "s"}),
+                "sandbox_delete",
+            ),
+            (json!({"cmd": "sandboxes"}), "sandboxes"),
+            (
+                json!({"cmd": "system_query", "system": "pg", "query": "select 1"}),
+                "system_query",
+            ),
+            (
+                json!({"cmd": "system_query", "system": "pg", "query": {"from": "q.sql"}}),
+                "system_query",
+            ),
+            (
+                json!({"cmd": "system_provision", "system": "pg", "force": true}),
+                "system_provision",
+            ),
+            (
+                json!({"cmd": "expect", "json": {"/files/0/size": "3"}}),
+                "expect",
+            ),
         ] {
-            assert_eq!(parse(v).unwrap().name(), name);
+            let c = parse(v).unwrap();
+            assert_eq!(c.name(), name);
+            assert!(COMMANDS.contains(&name), "{name} is not listed in COMMANDS");
         }
-        assert_eq!(COMMANDS.len(), 10);
+        assert_eq!(COMMANDS.len(), 19);
+    }
+
+    #[test]
+    fn sandbox_and_system_commands_parse_their_fields() {
+        let Command::SandboxExec(e) = parse(json!({"cmd": "sandbox_exec", "sandbox": "s1",
+            "argv": ["sh", "-c", "x"], "env": {"A": "1"}, "workdir": "/w", "user": "0",
+            "stdin": "in", "outputs": ["o"], "limits": {"wall_time_ms": 300}, "keep_running": true}))
+        .unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(e.sandbox, "s1");
+        assert_eq!(e.argv, ["sh", "-c", "x"]);
+        assert_eq!(e.limits.wall_time_ms, Some(300));
+        assert!(e.keep_running);
+        assert!(matches!(e.stdin, Some(Stdin::Text(ref t)) if t == "in"));
+
+        let Command::SandboxPut(p) = parse(json!({"cmd": "sandbox_put", "sandbox": "s1",
+            "path": "bin/x", "text": "#!/bin/sh", "executable": true}))
+        .unwrap() else {
+            panic!("not a put")
+        };
+        let i = p.input();
+        assert_eq!(
+            (i.path.as_str(), i.text.as_deref(), i.executable),
+            ("bin/x", Some("#!/bin/sh"), true)
+        );
+
+        let Command::SandboxCreate(c) =
+            parse(json!({"cmd": "sandbox_create", "program": "pg", "idle_timeout_s": 30})).unwrap()
+        else {
+            panic!("not a create")
+        };
+        assert_eq!(c.program.as_deref(), Some("pg"));
+        assert_eq!(c.idle_timeout_s, Some(30));
+
+        let Command::SystemQuery(q) =
+            parse(json!({"cmd": "system_query", "system": "pg", "query": {"base64": "eA=="}, "name": "a"}))
+                .unwrap()
+        else {
+            panic!("not a query")
+        };
+        assert!(matches!(q.query, Stdin::Content(ref c) if c.base64.as_deref() == Some("eA==")));
+        assert_eq!(q.name.as_deref(), Some("a"));
+
+        let Command::SystemProvision(p) =
+            parse(json!({"cmd": "system_provision", "system": "pg"})).unwrap()
+        else {
+            panic!("not a provision")
+        };
+        assert!(!p.force);
+
+        let Command::Expect(x) =
+            parse(json!({"cmd": "expect", "result": "r", "json": {"/warm": "true"}})).unwrap()
+        else {
+            panic!("not an expect")
+        };
+        assert_eq!(x.result.as_deref(), Some("r"));
+        assert!(!x.job_checks && x.json.contains_key("/warm"));
+        let Command::Expect(x) =
+            parse(json!({"cmd": "expect", "json": {"/a": "1"}, "status": "ok"})).unwrap()
+        else {
+            panic!("not an expect")
+        };
+        assert!(x.job_checks);
+    }
+
+    #[test]
+    fn sandbox_and_system_commands_refuse_unknown_and_missing_fields() {
+        for (v, want) in [
+            (
+                json!({"cmd": "sandbox_create", "image": "x", "idle": 5}),
+                "unknown field `idle`",
+            ),
+            (
+                json!({"cmd": "sandbox_exec", "sandbox": "s", "argv": ["true"], "keep": true}),
+                "unknown field `keep`",
+            ),
+            (
+                json!({"cmd": "sandbox_exec", "argv": ["true"]}),
+                "missing field `sandbox`",
+            ),
+            (
+                json!({"cmd": "sandbox_exec", "sandbox": "s"}),
+                "missing field `argv`",
+            ),
+            (
+                json!({"cmd": "sandbox_exec", "sandbox": "s", "argv": ["true"], "limits": {"wall": 1}}),
+                "unknown field `wall`",
+            ),
+            (
+                json!({"cmd": "sandbox_put", "sandbox": "s", "path": "a", "content": "x"}),
+                "unknown field `content`",
+            ),
+            (
+                json!({"cmd": "sandbox_get", "sandbox": "s"}),
+                "missing field `path`",
+            ),
+            (
+                json!({"cmd": "sandbox_snapshot", "sandbox": "s", "tag": "x"}),
+                "unknown field `tag`",
+            ),
+            (
+                json!({"cmd": "sandbox_delete", "id": "s"}),
+                "unknown field `id`",
+            ),
+            (
+                json!({"cmd": "sandboxes", "all": true}),
+                "unknown field `all`",
+            ),
+            (
+                json!({"cmd": "system_query", "system": "pg"}),
+                "missing field `query`",
+            ),
+            (
+                json!({"cmd": "system_query", "system": "pg", "query": "q", "x": 1}),
+                "unknown field `x`",
+            ),
+            (
+                json!({"cmd": "system_provision", "system": "pg", "forced": true}),
+                "unknown field `forced`",
+            ),
+            (
+                json!({"cmd": "expect", "json": {"files": "x"}}),
+                "not a JSON pointer",
+            ),
+            (
+                json!({"cmd": "expect", "json": ["/a"]}),
+                "maps JSON pointers",
+            ),
+        ] {
+            let e = parse(v.clone()).unwrap_err().to_string();
+            assert!(e.contains(want), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_commands_with_a_result_become_the_last_result() {
+        for (v, records) in [
+            (json!({"cmd": "sandboxes"}), true),
+            (
+                json!({"cmd": "sandbox_get", "sandbox": "s", "path": "a"}),
+                true,
+            ),
+            (json!({"cmd": "run", "image": "x"}), true),
+            (json!({"cmd": "expect", "status": "ok"}), false),
+            (json!({"cmd": "set", "name": "a", "value": "b"}), false),
+            (
+                json!({"cmd": "expect_error", "command": {"cmd": "gc"}}),
+                false,
+            ),
+        ] {
+            assert_eq!(parse(v.clone()).unwrap().records_result(), records, "{v}");
+        }
     }
 
     #[test]

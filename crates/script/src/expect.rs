@@ -160,6 +160,24 @@ impl Bound {
     }
 }
 
+/// Checks on a result's JSON: each JSON pointer's value (a string as it is, any
+/// other value as compact JSON) against its text check.
+pub fn json_failures(
+    checks: &std::collections::BTreeMap<String, TextCheck>,
+    v: &serde_json::Value,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ptr, check) in checks {
+        let what = format!("json {ptr}");
+        match v.pointer(ptr) {
+            None => out.push(format!("{what}: not in the result")),
+            Some(serde_json::Value::String(s)) => check.check(&what, s, &mut out),
+            Some(other) => check.check(&what, &other.to_string(), &mut out),
+        }
+    }
+    out
+}
+
 /// Checks on one output file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -469,5 +487,32 @@ mod tests {
         assert!(f
             .iter()
             .any(|x| x.contains("usage.peak_memory_bytes: expected at most 10, got 1000")));
+    }
+
+    #[test]
+    fn json_checks_read_pointers_of_any_result() {
+        let v =
+            json!({"files": [{"path": "a", "size": 3, "content": {"text": "abc"}}], "warm": true});
+        let checks: std::collections::BTreeMap<String, TextCheck> = serde_json::from_value(json!({
+            "/files/0/content/text": "abc", "/files/0/size": "3", "/warm": {"equals": "true"},
+            "/files/0/path": {"matches": "^a$"}
+        }))
+        .unwrap();
+        assert_eq!(json_failures(&checks, &v), Vec::<String>::new());
+        let checks: std::collections::BTreeMap<String, TextCheck> = serde_json::from_value(json!({
+            "/files/0/size": "4", "/files/1/path": "b", "/warm": "false"
+        }))
+        .unwrap();
+        let f = json_failures(&checks, &v);
+        assert_eq!(f.len(), 3, "{f:#?}");
+        assert!(
+            f.contains(&"json /files/1/path: not in the result".to_owned()),
+            "{f:#?}"
+        );
+        assert!(
+            f.iter()
+                .any(|x| x.starts_with("json /files/0/size: expected \"4\", got \"3\"")),
+            "{f:#?}"
+        );
     }
 }

@@ -7,6 +7,9 @@
 //! unknown variable) are errors on their line, never a panic, and the script goes
 //! on unless `--fail-fast`. `expect_error` runs a nested command and succeeds only
 //! if it fails, so bad input is something a script can assert.
+//!
+//! Live sandboxes a script creates (`sandbox_create`) are deleted when the script
+//! ends, also when it fails or stops early: a script leaves none behind.
 
 mod commands;
 mod expect;
@@ -18,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::Engine as _;
-use runbox_core::{Data, ErrorBody, ErrorCode, InputFile, JobResult, JobSpec};
-use runbox_engine::Engine;
+use runbox_core::{Data, ErrorBody, ErrorCode, ExecSpec, InputFile, JobResult, JobSpec};
+use runbox_engine::{Engine, EngineError};
 use runbox_image::{ImportOptions, NoProgress};
 use runbox_sandbox::NoEvents;
 use serde::Serialize;
@@ -46,6 +49,8 @@ pub struct Response {
 pub struct Summary {
     pub commands: usize,
     pub failed: usize,
+    /// Live sandboxes the script left, deleted when it ended.
+    pub sandboxes_deleted: usize,
 }
 
 /// Runs script commands against an [`Engine`].
@@ -55,8 +60,15 @@ pub struct Driver<'e> {
     /// Relative paths in the script (`import`, `from`) resolve here.
     base_dir: PathBuf,
     vars: HashMap<String, String>,
-    results: HashMap<String, JobResult>,
+    /// Named job results, with the whole result of the command that made them
+    /// (a `system_query`'s answer holds its job result).
+    results: HashMap<String, (JobResult, Value)>,
+    /// The last job result: what `expect`'s checks read.
     last: Option<JobResult>,
+    /// The last command's result: what `set`'s `from` and `expect`'s `json` read.
+    last_value: Option<Value>,
+    /// Live sandboxes this driver created and has not seen end.
+    sandboxes: Vec<String>,
 }
 
 type Outcome = Result<Value, ErrorBody>;
@@ -70,6 +82,10 @@ fn fail(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
 
 fn invalid(message: impl Into<String>) -> ErrorBody {
     fail(ErrorCode::ScriptInvalid, message)
+}
+
+fn engine_err(e: EngineError) -> ErrorBody {
+    fail(e.code(), chain(&e))
 }
 
 fn to_json<T: Serialize>(v: &T) -> Outcome {
@@ -99,7 +115,22 @@ impl<'e> Driver<'e> {
             vars: HashMap::new(),
             results: HashMap::new(),
             last: None,
+            last_value: None,
+            sandboxes: Vec::new(),
         }
+    }
+
+    /// Deletes the live sandboxes this driver created that still live; returns how
+    /// many. Runs when a script ends and when the driver is dropped.
+    pub fn cleanup(&mut self) -> usize {
+        let mut deleted = 0;
+        for id in std::mem::take(&mut self.sandboxes) {
+            // NotFound: it ended on its own (expired, snapshotted elsewhere).
+            if self.engine.delete_sandbox(&id).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
     }
 
     /// Runs every command of `input`, writing one response line each to `out`.
@@ -128,6 +159,7 @@ impl<'e> Driver<'e> {
                 break;
             }
         }
+        summary.sandboxes_deleted = self.cleanup();
         Ok(summary)
     }
 
@@ -168,7 +200,21 @@ impl<'e> Driver<'e> {
     fn value(&mut self, v: Value) -> Outcome {
         let v = vars::interpolate(v, &self.vars).map_err(invalid)?;
         let cmd = Command::from_value(v).map_err(|e| invalid(e.to_string()))?;
-        self.exec(cmd)
+        let records = cmd.records_result();
+        let v = self.exec(cmd)?;
+        if records {
+            self.last_value = Some(v.clone());
+        }
+        Ok(v)
+    }
+
+    /// Keeps a job result for `expect` (and under `name`); `whole` is the result of
+    /// the command that made it.
+    fn record_job(&mut self, name: Option<String>, job: JobResult, whole: Value) {
+        if let Some(n) = name {
+            self.results.insert(n, (job.clone(), whole));
+        }
+        self.last = Some(job);
     }
 
     fn exec(&mut self, cmd: Command) -> Outcome {
@@ -196,25 +242,40 @@ impl<'e> Driver<'e> {
                     .run(spec, &mut NoEvents)
                     .map_err(|e| fail(e.code(), chain(&e)))?;
                 let v = to_json(&r)?;
-                if let Some(n) = name {
-                    self.results.insert(n, r.clone());
-                }
-                self.last = Some(r);
+                self.record_job(name, r, v.clone());
                 Ok(v)
             }
             Command::Expect(c) => {
-                let target = match &c.result {
-                    Some(n) => self.results.get(n).ok_or_else(|| {
-                        invalid(format!("no result named {n:?}: name a run with \"name\""))
-                    })?,
-                    None => self
-                        .last
-                        .as_ref()
-                        .ok_or_else(|| invalid("no result to check yet: run a job first"))?,
+                let (job, whole) = match &c.result {
+                    Some(n) => {
+                        let (j, v) = self.results.get(n).ok_or_else(|| {
+                            invalid(format!(
+                                "no result named {n:?}: name a run, sandbox_exec or system_query with \"name\""
+                            ))
+                        })?;
+                        (Some(j), Some(v))
+                    }
+                    None => (self.last.as_ref(), self.last_value.as_ref()),
                 };
-                let failures = c.checks.failures(target);
+                let mut failures = Vec::new();
+                let mut checked = serde_json::Map::new();
+                if c.job_checks || c.json.is_empty() {
+                    let target = job.ok_or_else(|| {
+                        invalid("no result to check yet: run a job (run, sandbox_exec or system_query) first")
+                    })?;
+                    failures.extend(c.checks.failures(target));
+                    checked.insert("job_id".into(), json!(target.job_id));
+                    checked.insert("status".into(), json!(target.status.as_str()));
+                }
+                if !c.json.is_empty() {
+                    let whole = whole.ok_or_else(|| {
+                        invalid("no result to check yet: \"json\" checks the last command's result")
+                    })?;
+                    failures.extend(expect::json_failures(&c.json, whole));
+                    checked.insert("json".into(), json!(c.json.len()));
+                }
                 if failures.is_empty() {
-                    Ok(json!({ "job_id": target.job_id, "status": target.status.as_str() }))
+                    Ok(Value::Object(checked))
                 } else {
                     Err(fail(ErrorCode::ExpectationFailed, failures.join("; ")))
                 }
@@ -257,12 +318,9 @@ impl<'e> Driver<'e> {
                 let value = match (c.value, c.from) {
                     (Some(v), _) => v,
                     (None, Some(ptr)) => {
-                        let last = self
-                            .last
-                            .as_ref()
-                            .ok_or_else(|| invalid("\"from\" needs a result: run a job first"))?;
-                        let whole = serde_json::to_value(last)
-                            .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
+                        let whole = self.last_value.as_ref().ok_or_else(|| {
+                            invalid("\"from\" needs a result: run a command that returns one first")
+                        })?;
                         match whole.pointer(&ptr) {
                             Some(Value::String(s)) => s.clone(),
                             Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
@@ -302,6 +360,81 @@ impl<'e> Driver<'e> {
                 }
             }
             Command::Parallel(c) => self.parallel(*c),
+            Command::SandboxCreate(c) => {
+                let info = self.engine.create_sandbox(&c).map_err(engine_err)?;
+                self.sandboxes.push(info.id.clone());
+                to_json(&info)
+            }
+            Command::SandboxExec(c) => {
+                let c = *c;
+                let (name, id) = (c.name.clone(), c.sandbox.clone());
+                let spec = self.exec_spec(c)?;
+                let r = self
+                    .engine
+                    .exec_sandbox(&id, &spec, &mut NoEvents)
+                    .map_err(engine_err)?;
+                let v = to_json(&r)?;
+                self.record_job(name, r, v.clone());
+                Ok(v)
+            }
+            Command::SandboxPut(c) => {
+                let file = self.input_file(c.input())?;
+                let bytes = file.content.0.len();
+                self.engine
+                    .put_sandbox_file(&c.sandbox, file, c.user)
+                    .map_err(engine_err)?;
+                Ok(json!({ "path": c.path, "size": bytes }))
+            }
+            Command::SandboxGet(c) => {
+                let files = self
+                    .engine
+                    .get_sandbox_file(&c.sandbox, &c.path)
+                    .map_err(engine_err)?;
+                Ok(json!({ "files": to_json(&files)? }))
+            }
+            Command::SandboxSnapshot(c) => {
+                let made = self
+                    .engine
+                    .snapshot_sandbox(&c.sandbox, c.name.as_deref())
+                    .map_err(engine_err)?;
+                // The sandbox ended: its changes live on in the image.
+                self.sandboxes.retain(|id| *id != c.sandbox);
+                let digest = made.image.manifest_digest.to_string();
+                Ok(json!({
+                    "image": made.image.names.first().cloned().unwrap_or_else(|| digest.clone()),
+                    "digest": digest,
+                    "layer_bytes": made.layer_bytes,
+                    "files": made.files,
+                }))
+            }
+            Command::SandboxDelete(c) => {
+                self.engine.delete_sandbox(&c.sandbox).map_err(engine_err)?;
+                self.sandboxes.retain(|id| *id != c.sandbox);
+                Ok(json!({ "deleted": c.sandbox }))
+            }
+            Command::Sandboxes => to_json(&self.engine.list_sandboxes()),
+            Command::SystemQuery(c) => {
+                let c = *c;
+                let query = self.bytes("query", c.query)?;
+                let answer = self.engine.query(&c.system, &query).map_err(engine_err)?;
+                let v = to_json(&answer)?;
+                self.record_job(c.name, answer.result, v.clone());
+                Ok(v)
+            }
+            Command::SystemProvision(c) => {
+                let system = self
+                    .engine
+                    .catalog()
+                    .ok_or_else(|| {
+                        EngineError::Request(
+                            "no catalog is loaded: systems are defined in the catalog".into(),
+                        )
+                    })
+                    .and_then(|cat| Ok(cat.system(&c.system)?.clone()))
+                    .map_err(engine_err)?;
+                let report = self.engine.consume(&system, c.force).map_err(engine_err)?;
+                to_json(&report)
+            }
         }
     }
 
@@ -354,6 +487,7 @@ impl<'e> Driver<'e> {
             }
         }
         if let Some(Ok(r)) = results.into_iter().last() {
+            self.last_value = Some(to_json(&r)?);
             self.last = Some(r);
         }
         if problems.is_empty() {
@@ -415,24 +549,49 @@ impl<'e> Driver<'e> {
         }
     }
 
-    fn spec(&self, c: commands::RunCmd) -> Result<JobSpec, ErrorBody> {
-        let stdin = match c.stdin {
-            None => None,
-            Some(commands::Stdin::Text(t)) => Some(Data(t.into_bytes())),
-            Some(commands::Stdin::Content(s)) => {
-                Some(Data(self.content("stdin", s.text, s.base64, s.from)?))
-            }
-        };
-        let mut inputs = Vec::with_capacity(c.inputs.len());
-        for i in c.inputs {
-            let what = format!("input {:?}", i.path);
-            let content = self.content(&what, i.text, i.base64, i.from)?;
-            inputs.push(InputFile {
-                path: i.path,
-                content: Data(content),
-                executable: i.executable,
-            });
+    /// Bytes given as stdin is: a string, or `text`, `base64` or `from`.
+    fn bytes(&self, what: &str, s: commands::Stdin) -> Result<Vec<u8>, ErrorBody> {
+        match s {
+            commands::Stdin::Text(t) => Ok(t.into_bytes()),
+            commands::Stdin::Content(s) => self.content(what, s.text, s.base64, s.from),
         }
+    }
+
+    fn stdin(&self, s: Option<commands::Stdin>) -> Result<Option<Data>, ErrorBody> {
+        s.map(|s| self.bytes("stdin", s).map(Data)).transpose()
+    }
+
+    fn input_file(&self, i: commands::InputCmd) -> Result<InputFile, ErrorBody> {
+        let what = format!("input {:?}", i.path);
+        let content = self.content(&what, i.text, i.base64, i.from)?;
+        Ok(InputFile {
+            path: i.path,
+            content: Data(content),
+            executable: i.executable,
+        })
+    }
+
+    fn inputs(&self, inputs: Vec<commands::InputCmd>) -> Result<Vec<InputFile>, ErrorBody> {
+        inputs.into_iter().map(|i| self.input_file(i)).collect()
+    }
+
+    fn exec_spec(&self, c: commands::SandboxExecCmd) -> Result<ExecSpec, ErrorBody> {
+        Ok(ExecSpec {
+            argv: c.argv,
+            env: c.env,
+            workdir: c.workdir,
+            user: c.user,
+            stdin: self.stdin(c.stdin)?,
+            inputs: self.inputs(c.inputs)?,
+            outputs: c.outputs,
+            limits: c.limits,
+            keep_running: c.keep_running,
+        })
+    }
+
+    fn spec(&self, c: commands::RunCmd) -> Result<JobSpec, ErrorBody> {
+        let stdin = self.stdin(c.stdin)?;
+        let inputs = self.inputs(c.inputs)?;
         Ok(JobSpec {
             image: c.image,
             program: c.program,
@@ -448,5 +607,13 @@ impl<'e> Driver<'e> {
             limits: c.limits,
             network: c.network,
         })
+    }
+}
+
+impl Drop for Driver<'_> {
+    /// A driver used line by line (not through [`Driver::run_script`]) still
+    /// leaves no live sandbox behind.
+    fn drop(&mut self) {
+        self.cleanup();
     }
 }
