@@ -75,7 +75,9 @@ pub enum CatalogError {
     Recipe { path: PathBuf, message: String },
     #[error("no program {0:?} in the catalog (list them with `runbox programs`)")]
     UnknownProgram(String),
-    #[error("no system {0:?} in the catalog")]
+    #[error(
+        "no system {0:?} in the catalog (list them with `runbox system ls` or GET /api/systems)"
+    )]
     UnknownSystem(String),
     #[error("no dataset {0:?} in the catalog")]
     UnknownDataset(String),
@@ -260,6 +262,15 @@ impl Catalog {
         used.into_iter()
             .map(|r| (r.clone(), self.dir.join("images").join(format!("{r}.toml"))))
             .collect()
+    }
+
+    /// Every recipe the catalog uses (programs', systems' and dataset
+    /// generators'), each once, by recipe name.
+    pub fn all_recipes(&self) -> Vec<(String, PathBuf)> {
+        let mut all: std::collections::BTreeMap<String, PathBuf> =
+            self.recipes().into_iter().collect();
+        all.extend(self.system_recipes());
+        all.into_iter().collect()
     }
 
     pub fn systems(&self) -> impl Iterator<Item = &System> {

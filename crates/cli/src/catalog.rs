@@ -139,7 +139,7 @@ fn build(
 ) -> anyhow::Result<Exit> {
     let store = runbox_image::Store::open(data_dir, runbox_image::StoreOptions::default())?;
     let mut reports = Vec::new();
-    let recipes = catalog.recipes();
+    let recipes = catalog.all_recipes();
     for (i, (name, path)) in recipes.iter().enumerate() {
         let recipe =
             runbox_image::build::Recipe::load(path).with_context(|| format!("recipe {name}"))?;

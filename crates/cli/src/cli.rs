@@ -82,6 +82,152 @@ pub enum Command {
     /// query from warm instances (docs/systems.md).
     #[command(subcommand)]
     System(SystemCommand),
+    /// Live sandboxes on a running server: create one, exec commands in it one
+    /// after the other (state stays between them), put and get files, snapshot,
+    /// delete (docs/api.md "Live sandboxes").
+    Sandbox(Box<SandboxArgs>),
+}
+
+/// `runbox sandbox`: a client of a server's /api/sandboxes.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOX_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// The admin token (for `ls` and `snapshot --name`; default: DATA_DIR/admin-token).
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOX_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: SandboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a live sandbox; prints its id.
+    Create {
+        /// An image in the server's store.
+        #[arg(long, group = "from")]
+        image: Option<String>,
+        /// A catalog program (its image) or system (a warm instance of it).
+        #[arg(long, group = "from")]
+        program: Option<String>,
+        /// A snapshot image made by `runbox sandbox snapshot`.
+        #[arg(long, group = "from")]
+        snapshot: Option<String>,
+        /// Idle time before the server deletes it (default: the server's).
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        idle_timeout: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        /// The whole sandbox's limits (what keeps running between execs, the
+        /// writable layer).
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Run a command in a live sandbox; exits with its exit status.
+    Exec(Box<SandboxExecArgs>),
+    /// Write a host file into a live sandbox.
+    Put {
+        id: String,
+        /// The host file to send.
+        file: PathBuf,
+        /// Where it goes in the sandbox (relative: under the working directory).
+        path: String,
+        /// Mode 0755 instead of 0644.
+        #[arg(long)]
+        executable: bool,
+        /// Owner: a user of the image or UID[:GID] (default: the image's user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Read a file from a live sandbox to stdout (or a directory's files into
+    /// --output-dir).
+    Get {
+        id: String,
+        path: String,
+        /// Write the files here (required for a directory).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every live sandbox (admin).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one live sandbox.
+    Info {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a live sandbox (everything in it is killed).
+    Rm { id: String },
+    /// Freeze a sandbox's changes into an image (the sandbox ends); create new
+    /// sandboxes from it with `create --snapshot`.
+    Snapshot {
+        id: String,
+        /// The image name (admin; default runbox-snapshot/ID:latest).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxExecArgs {
+    pub id: String,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGV"
+    )]
+    pub argv: Vec<String>,
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User to run as: a user of the image or UID[:GID].
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Add a file before the command runs: PATH=@HOSTFILE or PATH=TEXT.
+    #[arg(short = 'i', long = "input", value_name = "PATH=@FILE")]
+    pub inputs: Vec<String>,
+    /// Collect this file or directory after the command.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub outputs: Vec<String>,
+    /// Host directory the collected outputs are written to.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Processes the command leaves running (daemons) stay for later execs.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Do not pass stdin (without it, stdin is passed when it is not a terminal).
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Print one JSON JobResult instead of the command's output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `runbox system`.
@@ -243,6 +389,27 @@ pub struct ServeArgs {
     /// Claims of a job (by workers that then went silent) before it fails.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub max_attempts: u32,
+    /// Live sandboxes at once (`runbox sandbox`, POST /api/sandboxes), the
+    /// systems' warm instances included; more get 429.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_sandboxes: usize,
+    /// Live sandboxes one client address may hold at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_sandboxes_per_client: usize,
+    /// Idle time after which a live sandbox is deleted (also the most a client
+    /// may ask for).
+    #[arg(long, default_value = "10m", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub sandbox_idle_timeout: u64,
+    /// Commands run in live sandboxes at once; more wait for a turn.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_execs: usize,
+    /// Warm instances kept per database system (docs/systems.md).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub pool_size: usize,
+    /// Do not provision the systems and start their warm instances at start (the
+    /// first query of each then does).
+    #[arg(long)]
+    pub no_warm: bool,
 }
 
 #[derive(Debug, Args)]
@@ -264,8 +431,8 @@ pub struct ProgramsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Build the images of every catalog program from their recipes (cached: only
-    /// changed recipes are rebuilt).
+    /// Build the images of every catalog program, system and dataset generator
+    /// from their recipes (cached: only changed recipes are rebuilt).
     Build {
         /// Rebuild even when an image of the same recipe exists.
         #[arg(long)]

@@ -13,6 +13,7 @@ mod image;
 mod progress;
 mod pull;
 mod run;
+mod sandbox;
 mod script;
 mod serve;
 mod system;
@@ -141,6 +142,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Worker(args) => worker::run(&cli.data_dir, cli.catalog.as_deref(), *args),
         Command::Workers(args) => workers::run(&cli.data_dir, args),
         Command::System(cmd) => system::run(&cli.data_dir, cli.catalog.as_deref(), cmd),
+        Command::Sandbox(args) => sandbox::run(&cli.data_dir, *args),
         Command::Catalog(cmd) => catalog::run(
             &cli.data_dir,
             catalog::load(&cli.data_dir, cli.catalog.as_deref())?,

@@ -74,7 +74,7 @@ impl Interrupts {
     }
 }
 
-fn limits_spec(l: &LimitArgs) -> LimitsSpec {
+pub(crate) fn limits_spec(l: &LimitArgs) -> LimitsSpec {
     LimitsSpec {
         wall_time_ms: l.wall_time,
         cpu_time_ms: l.cpu_time,
@@ -111,7 +111,7 @@ fn parse_options(opts: &[String]) -> anyhow::Result<std::collections::BTreeMap<S
     Ok(out)
 }
 
-fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
+pub(crate) fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
     let bad = || {
         CliError::new(
             ErrorCode::InvalidArgument,
@@ -139,7 +139,7 @@ fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
 
 /// Reads a host file named on the command line, refusing it before reading when it
 /// is larger than `max`.
-fn read_host_file(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_host_file(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
     let unreadable = |e: std::io::Error| {
         CliError::new(
             ErrorCode::InputUnreadable,
@@ -171,9 +171,9 @@ fn too_big(what: &str, size: u64, max: u64) -> CliError {
 }
 
 /// Reads our stdin (unless it is a terminal or --no-stdin), up to `max` bytes.
-fn read_stdin(args: &RunArgs, max: u64) -> anyhow::Result<Option<Data>> {
+pub(crate) fn read_stdin(no_stdin: bool, max: u64) -> anyhow::Result<Option<Data>> {
     let stdin = std::io::stdin();
-    if args.no_stdin || stdin.is_terminal() {
+    if no_stdin || stdin.is_terminal() {
         return Ok(None);
     }
     let mut buf = Vec::new();
@@ -188,9 +188,10 @@ fn read_stdin(args: &RunArgs, max: u64) -> anyhow::Result<Option<Data>> {
     Ok(Some(Data(buf)))
 }
 
-fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
+/// `-e KEY=VALUE` flags (`-e KEY` passes the host's value, like docker).
+pub(crate) fn parse_env(flags: &[String]) -> std::collections::BTreeMap<String, String> {
     let mut env = std::collections::BTreeMap::new();
-    for e in &args.env {
+    for e in flags {
         match e.split_once('=') {
             Some((k, v)) => {
                 env.insert(k.to_owned(), v.to_owned());
@@ -203,6 +204,11 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
             }
         }
     }
+    env
+}
+
+fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
+    let env = parse_env(&args.env);
     if !args.outputs.is_empty() && args.output_dir.is_none() && !args.json {
         return Err(CliError::new(
             ErrorCode::InvalidArgument,
@@ -230,7 +236,7 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
         env,
         workdir: args.workdir.clone(),
         user: args.user.clone(),
-        stdin: read_stdin(args, input_max)?,
+        stdin: read_stdin(args.no_stdin, input_max)?,
         inputs,
         outputs: args.outputs.clone(),
         limits: limits_spec(&args.limits),
@@ -292,7 +298,7 @@ pub fn exit_code(r: &JobResult) -> u8 {
 }
 
 /// Tells a person what limits cut the job, on stderr after the program's output.
-fn report_cuts(r: &JobResult) {
+pub(crate) fn report_cuts(r: &JobResult) {
     let l = &r.limits;
     let why = match r.status {
         JobStatus::WallTimeLimit => {

@@ -34,6 +34,21 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
     cfg.lease = Duration::from_millis(args.lease);
     anyhow::ensure!(args.max_attempts >= 1, "--max-attempts must be at least 1");
     cfg.max_attempts = args.max_attempts;
+    anyhow::ensure!(
+        args.max_sandboxes >= 1,
+        "--max-sandboxes must be at least 1"
+    );
+    cfg.max_sandboxes = args.max_sandboxes;
+    cfg.max_sandboxes_per_client = args.max_sandboxes_per_client.max(1);
+    anyhow::ensure!(
+        args.sandbox_idle_timeout >= 1000,
+        "--sandbox-idle-timeout must be at least 1s"
+    );
+    cfg.sandbox_idle_timeout = Duration::from_millis(args.sandbox_idle_timeout);
+    cfg.max_execs = args.max_execs.max(1);
+    anyhow::ensure!(args.pool_size >= 1, "--pool-size must be at least 1");
+    cfg.pool_size = args.pool_size;
+    cfg.warm_systems = !args.no_warm;
     let hooks = Hooks {
         build_progress: Some(Arc::new(|name: &str| {
             Box::new(crate::progress::BuildBar::new(true, name))

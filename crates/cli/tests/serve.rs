@@ -72,7 +72,11 @@ fn catalog_server() -> TestServer {
             .unwrap();
         assert_eq!(code(&out), 0, "catalog build: {}", text(&out.stderr));
     });
-    TestServer::start(Path::new(BIN), &catalog_data(), &["--no-build"])
+    TestServer::start(
+        Path::new(BIN),
+        &catalog_data(),
+        &["--no-build", "--no-warm"],
+    )
 }
 
 fn sh(script: &str) -> Value {
@@ -416,7 +420,7 @@ fn json_logs_are_one_object_per_line_with_the_job_id() {
     let s = TestServer::start(
         Path::new(BIN),
         &rb.data(),
-        &["--no-build", "--log-format", "json"],
+        &["--no-build", "--no-warm", "--log-format", "json"],
     );
     let accepted = s.post_json("/api/jobs", &sh("true")).json();
     let id = accepted["id"].as_str().unwrap().to_owned();
@@ -658,55 +662,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// output and time limits, and opens a permalink that restores every file. Screenshots are kept in target/test-artifacts/playground.
 #[test]
 fn the_playground_works_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: the browser test needs Debian's chromium (scripts/test installs it)"
-    );
-    assert!(
-        web.join("node_modules/playwright-core").is_dir(),
-        "web/node_modules is missing: run `cd web && npm ci` (scripts/test does)"
-    );
-    let shots =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts/playground");
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
-
-    let s = catalog_server();
-    let mut child = Command::new("node")
-        .arg("tests/playground.spec.mjs")
-        .current_dir(&web)
-        .env("RUNBOX_URL", &s.url)
-        .env("RUNBOX_SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node is missing: scripts/test installs nodejs");
-    let stdout = child.stdout.take().unwrap();
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "browser test failed ({}):\n{}\n{}\nserver log:\n{}",
-        out.status,
-        lines.join("\n"),
-        text(&out.stderr),
-        s.log()
-    );
-    let pngs = std::fs::read_dir(&shots)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
-        })
-        .count();
-    assert!(pngs >= 3, "screenshots kept: {pngs} in {}", shots.display());
+    browser_spec("playground.spec.mjs", "playground");
 }
 
 /// Polls `GET /api/jobs/{id}` until it has `status` (bounded).
@@ -790,7 +746,7 @@ fn a_server_killed_mid_job_finishes_the_job_after_a_restart_postgres() {
 
 fn killed_mid_job(database: Option<String>) {
     let rb = Runbox::new().with_busybox();
-    let mut args = vec!["--no-build", "--workers", "1", "--lease", "2s"];
+    let mut args = vec!["--no-build", "--no-warm", "--workers", "1", "--lease", "2s"];
     if let Some(url) = &database {
         args.extend(["--database", url.as_str()]);
     }
@@ -816,4 +772,96 @@ fn killed_mid_job(database: Option<String>) {
         log.contains("lease expired: job re-queued"),
         "the restart found the orphaned job: {log}"
     );
+}
+
+/// The Databases view in a real browser (web/tests/systems.spec.mjs): one GROUP BY
+/// over the million-row orders dataset on sqlite, postgres and duckdb at once (the
+/// first query to a system provisions it), the three answer tables the same and
+/// said to agree, timings shown, a syntax error shown in each card, then warm
+/// answers; a deep link and a narrow window. Screenshots are kept in
+/// target/test-artifacts/systems.
+#[test]
+fn the_databases_view_works_in_a_real_browser() {
+    browser_spec("systems.spec.mjs", "systems");
+}
+
+/// The comparison of answers the Databases view makes (web/src/answers.ts: CSV with
+/// quoted fields, numbers by value, rows in order) by its unit test, in Node.
+#[test]
+fn the_databases_views_answer_comparison_passes_its_unit_test() {
+    let web = web_dir();
+    let out = Command::new("node")
+        .args(["--test", "tests/answers.test.mjs"])
+        .current_dir(&web)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is missing: scripts/test installs nodejs");
+    assert!(
+        out.status.success(),
+        "web/tests/answers.test.mjs failed ({}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// web/, with its node_modules (playwright-core, vite).
+fn web_dir() -> PathBuf {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "web/node_modules is missing: run `cd web && npm ci` (scripts/test does)"
+    );
+    web
+}
+
+/// Runs the browser test web/tests/`spec` (Debian's chromium, driven by Playwright)
+/// against a server over the catalog; its screenshots go to target/test-artifacts/`artifacts`.
+fn browser_spec(spec: &str, artifacts: &str) {
+    let web = web_dir();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: the browser test needs Debian's chromium (scripts/test installs it)"
+    );
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts")
+        .join(artifacts);
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let s = catalog_server();
+    let mut child = Command::new("node")
+        .arg(Path::new("tests").join(spec))
+        .current_dir(&web)
+        .env("RUNBOX_URL", &s.url)
+        .env("RUNBOX_SCREENSHOTS", &shots)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is missing: scripts/test installs nodejs");
+    let stdout = child.stdout.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "browser test {spec} failed ({}):\n{}\n{}\nserver log:\n{}",
+        out.status,
+        lines.join("\n"),
+        text(&out.stderr),
+        s.log()
+    );
+    let pngs = std::fs::read_dir(&shots)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
+        })
+        .count();
+    assert!(pngs >= 3, "screenshots kept: {pngs} in {}", shots.display());
 }

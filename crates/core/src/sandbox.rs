@@ -96,4 +96,8 @@ pub struct SandboxInfo {
     /// Execs running now.
     pub running: u64,
     pub alive: bool,
+    /// An instance of a system's warm pool: it answers that system's queries and
+    /// takes no exec, file or delete request from clients of the HTTP API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
 }

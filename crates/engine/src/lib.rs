@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use sandboxes::{SandboxesConfig, SnapshotMade, SNAPSHOT_EXCLUDES};
-pub use systems::{ProvisionReport, QueryAnswer, SystemsConfig};
+pub use systems::{ProvisionReport, QueryAnswer, SnapshotRecord, SystemsConfig};
 
 use runbox_catalog::{Catalog, CatalogError};
 use runbox_core::{ErrorCode, JobResult, JobSpec, Limits, LimitsPolicy};

@@ -62,6 +62,8 @@ pub(crate) struct Entry {
     last_used: Mutex<(Instant, u64)>,
     execs: AtomicU64,
     running: AtomicU64,
+    /// An instance in a system's warm pool (front ends keep clients out of it).
+    pub(crate) pooled: std::sync::atomic::AtomicBool,
     /// The writable layer's size etc.: the sandbox's own limits.
     limits: Limits,
     _lease: StoreLease,
@@ -97,6 +99,7 @@ impl Entry {
             execs: self.execs.load(Ordering::SeqCst),
             running: self.running.load(Ordering::SeqCst),
             alive: self.sandbox.is_alive(),
+            pooled: self.pooled.load(Ordering::SeqCst),
         }
     }
 }
@@ -157,7 +160,7 @@ impl Engine {
         let limits = Limits::resolve(&self.cfg.base_limits, &req.limits, &self.cfg.policy)
             .map_err(|e| EngineError::Plan(e.into()))?;
         if let Some(system) = req.program.as_deref().and_then(|p| self.system(p)) {
-            let inst = self.start_instance(&system, limits, idle)?;
+            let (inst, _) = self.start_instance(&system, limits, idle)?;
             return Ok(inst.info());
         }
         let lease = self.store.lock_shared()?;
@@ -241,6 +244,7 @@ impl Engine {
             last_used: Mutex::new((Instant::now(), now)),
             execs: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            pooled: std::sync::atomic::AtomicBool::new(false),
             limits,
             _lease: lease,
         });

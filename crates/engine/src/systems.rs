@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,9 @@ pub struct QueryAnswer {
     pub warm: bool,
     /// Time to start the instance (0 when warm), in ms.
     pub start_ms: f64,
+    /// The cold provision starting the instance ran first (no snapshot matched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<ProvisionReport>,
     pub result: JobResult,
 }
 
@@ -120,6 +124,10 @@ pub(crate) struct Pools {
 #[derive(Debug, Default)]
 struct Pool {
     state: Mutex<Vec<Slot>>,
+    /// Instances being started for the pool: they count against its size (so
+    /// that concurrent queries do not start one each). Changed only while
+    /// `state` is locked.
+    starting: AtomicUsize,
     freed: Condvar,
 }
 
@@ -572,7 +580,7 @@ impl Engine {
         system: &System,
         limits: Limits,
         idle: Duration,
-    ) -> Result<Arc<Entry>, EngineError> {
+    ) -> Result<(Arc<Entry>, ProvisionReport), EngineError> {
         let report = self.consume(system, false)?;
         let lease = self.store.lock_shared()?;
         let record = self.store.resolve(&report.snapshot.image)?;
@@ -602,7 +610,7 @@ impl Engine {
             let _ = self.delete_sandbox(&entry.id);
             return Err(e);
         }
-        Ok(entry)
+        Ok((entry, report))
     }
 
     fn pool(&self, system: &str) -> Arc<Pool> {
@@ -621,25 +629,51 @@ impl Engine {
         let pool = self.pool(system_id);
         let mut started = 0;
         loop {
-            let n = {
+            {
                 let mut st = pool.state.lock().unwrap();
                 self.prune(&mut st);
-                st.len()
-            };
-            if n >= self.cfg.systems.pool_size {
-                return Ok(started);
+                if st.len() + pool.starting.load(Ordering::SeqCst) >= self.cfg.systems.pool_size {
+                    return Ok(started);
+                }
+                pool.starting.fetch_add(1, Ordering::SeqCst);
             }
-            let limits = self.sandbox_limits(&system)?;
-            let entry = self.start_instance(&system, limits, self.cfg.sandboxes.idle_timeout)?;
-            pool.state.lock().unwrap().push(Slot { entry, busy: 0 });
+            self.start_pooled(&system, &pool, 0)?;
             started += 1;
         }
     }
 
+    /// Starts an instance and adds it to the pool with `busy` queries, the pool's
+    /// `starting` count having been raised by the caller (lowered here, in the
+    /// same step as the instance is added, or on failure).
+    fn start_pooled(
+        &self,
+        system: &System,
+        pool: &Pool,
+        busy: usize,
+    ) -> Result<(Arc<Entry>, ProvisionReport), EngineError> {
+        let started = self.sandbox_limits(system).and_then(|limits| {
+            self.start_instance(system, limits, self.cfg.sandboxes.idle_timeout)
+        });
+        let mut st = pool.state.lock().unwrap();
+        pool.starting.fetch_sub(1, Ordering::SeqCst);
+        // Waiting queries may use it (per_instance > 1), or start another in
+        // place of one that failed.
+        pool.freed.notify_all();
+        let (entry, report) = started?;
+        entry.pooled.store(true, Ordering::SeqCst);
+        st.push(Slot {
+            entry: entry.clone(),
+            busy,
+        });
+        Ok((entry, report))
+    }
+
     fn system_or_err(&self, id: &str) -> Result<System, EngineError> {
         self.system(id).ok_or_else(|| EngineError::Coded {
-            code: ErrorCode::ProgramNotFound,
-            message: format!("no system {id:?} in the catalog (`runbox systems` lists them)"),
+            code: ErrorCode::NotFound,
+            message: format!(
+                "no system {id:?} in the catalog (`runbox system ls` or GET /api/systems lists them)"
+            ),
         })
     }
 
@@ -650,7 +684,7 @@ impl Engine {
         let system = self.system_or_err(system_id)?;
         let pool = self.pool(system_id);
         for attempt in 0..2 {
-            let (entry, warm, start_ms) = self.take_slot(&system, &pool)?;
+            let (entry, warm, start_ms, provisioned) = self.take_slot(&system, &pool)?;
             let spec = self.script(
                 &system,
                 &system.scripts.query,
@@ -661,8 +695,12 @@ impl Engine {
             let r = self.exec_entry(&entry, &spec, &mut NoEvents);
             self.release_slot(&pool, &entry);
             match r {
-                Err(EngineError::Sandbox(runbox_sandbox::SandboxError::Ended { .. }))
-                    if attempt == 0 =>
+                // Found dead before the exec, or died while it entered (which
+                // fails to join its namespaces: ESRCH).
+                Err(EngineError::Sandbox(ref e))
+                    if attempt == 0
+                        && (matches!(e, runbox_sandbox::SandboxError::Ended { .. })
+                            || !entry.sandbox.is_alive()) =>
                 {
                     tracing::warn!(system = %system.id, instance = %entry.id, "instance died; replacing it");
                     self.drop_instance(&pool, &entry);
@@ -677,6 +715,7 @@ impl Engine {
                         instance: entry.id.clone(),
                         warm,
                         start_ms,
+                        provisioned,
                         result,
                     });
                 }
@@ -711,7 +750,7 @@ impl Engine {
         &self,
         system: &System,
         pool: &Pool,
-    ) -> Result<(Arc<Entry>, bool, f64), EngineError> {
+    ) -> Result<(Arc<Entry>, bool, f64, Option<ProvisionReport>), EngineError> {
         let per = self.cfg.systems.per_instance.max(1);
         let mut st = pool.state.lock().unwrap();
         loop {
@@ -722,19 +761,16 @@ impl Engine {
                 .min_by_key(|s| s.busy)
             {
                 slot.busy += 1;
-                return Ok((slot.entry.clone(), true, 0.0));
+                return Ok((slot.entry.clone(), true, 0.0, None));
             }
-            if st.len() < self.cfg.systems.pool_size.max(1) {
+            if st.len() + pool.starting.load(Ordering::SeqCst) < self.cfg.systems.pool_size.max(1) {
+                pool.starting.fetch_add(1, Ordering::SeqCst);
                 drop(st);
                 let t = Instant::now();
-                let limits = self.sandbox_limits(system)?;
-                let entry = self.start_instance(system, limits, self.cfg.sandboxes.idle_timeout)?;
+                let (entry, report) = self.start_pooled(system, pool, 1)?;
                 let start_ms = ms(t.elapsed());
-                pool.state.lock().unwrap().push(Slot {
-                    entry: entry.clone(),
-                    busy: 1,
-                });
-                return Ok((entry, false, start_ms));
+                let cold = (report.path == "cold").then_some(report);
+                return Ok((entry, false, start_ms, cold));
             }
             st = pool.freed.wait(st).unwrap();
         }
@@ -760,6 +796,16 @@ impl Engine {
             .retain(|s| !Arc::ptr_eq(&s.entry, entry));
         let _ = self.delete_sandbox(&entry.id);
         pool.freed.notify_all();
+    }
+
+    /// The system's warm instances alive now.
+    pub fn pool_instances(&self, system_id: &str) -> usize {
+        let Some(pool) = self.pools.pools.lock().unwrap().get(system_id).cloned() else {
+            return 0;
+        };
+        let mut st = pool.state.lock().unwrap();
+        self.prune(&mut st);
+        st.len()
     }
 
     /// The snapshot record for the system's current fingerprint, if one is stored

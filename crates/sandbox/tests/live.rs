@@ -313,3 +313,24 @@ fn sandbox_pids(id: &str) -> Vec<i32> {
     pids.sort();
     pids
 }
+
+/// A sandbox made by a thread that then ends (a server's request thread) lives
+/// on for the threads that exec into it later: the kernel's parent-death signal
+/// follows the creating thread, so the init must not rely on it.
+#[test]
+fn a_sandbox_outlives_the_thread_that_created_it() {
+    let env = Env::new();
+    let sbx = std::thread::scope(|s| s.spawn(|| live(&env, "orphaned")).join().unwrap());
+    let r = std::thread::scope(|s| {
+        s.spawn(|| exec(&env, &*sbx, "echo still here"))
+            .join()
+            .unwrap()
+    });
+    assert_eq!(r.stdout, "still here\n", "{r:?}");
+    assert!(sbx.is_alive());
+    let pids = sandbox_pids("orphaned");
+    drop(sbx);
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}

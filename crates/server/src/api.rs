@@ -310,7 +310,7 @@ pub async fn build_catalog(
     } else {
         serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?
     };
-    if !s.builder.start(s.engine.clone(), req.force) {
+    if !s.builder.start(s.engine.clone(), req.force, None) {
         return Err(ApiError::new(
             ErrorCode::StoreBusy,
             "a catalog build is already running; follow it with GET /api/catalog",

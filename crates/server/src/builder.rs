@@ -54,7 +54,7 @@ impl Builder {
         progress: Option<ProgressFactory>,
     ) -> Builder {
         let entries = catalog
-            .recipes()
+            .all_recipes()
             .into_iter()
             .map(|(recipe, path)| {
                 let name = catalog.recipe_image_name(&recipe);
@@ -111,8 +111,14 @@ impl Builder {
     }
 
     /// Builds every image (only the missing ones unless `force`), one after the
-    /// other, on a thread of its own. Returns false when a pass is already running.
-    pub fn start(self: &Arc<Self>, engine: Arc<Engine>, force: bool) -> bool {
+    /// other, on a thread of its own, then runs `then` there. Returns false when a
+    /// pass is already running.
+    pub fn start(
+        self: &Arc<Self>,
+        engine: Arc<Engine>,
+        force: bool,
+        then: Option<Box<dyn FnOnce() + Send>>,
+    ) -> bool {
         {
             let mut busy = self.busy.lock().expect("builder lock");
             if *busy {
@@ -135,6 +141,9 @@ impl Builder {
             .spawn(move || {
                 me.pass(engine.store(), force);
                 *me.busy.lock().expect("builder lock") = false;
+                if let Some(then) = then {
+                    then();
+                }
             })
             .expect("spawning the catalog build thread");
         true

@@ -58,6 +58,20 @@ pub struct ServerConfig {
     pub max_attempts: u32,
     /// How often the queue is read for what other servers did. Default 250 ms.
     pub queue_poll: Duration,
+    /// Live sandboxes at once, system instances included. Default 32.
+    pub max_sandboxes: usize,
+    /// Live sandboxes one client address may hold. Default 4.
+    pub max_sandboxes_per_client: usize,
+    /// Idle time before a live sandbox is deleted (also the most a request may
+    /// ask). Default 10 min.
+    pub sandbox_idle_timeout: Duration,
+    /// Execs into live sandboxes running at once; more wait. Default 8.
+    pub max_execs: usize,
+    /// Warm instances kept per system. Default 2.
+    pub pool_size: usize,
+    /// Provision the catalog's systems and start their warm pools at start
+    /// (after the catalog build). Default on.
+    pub warm_systems: bool,
 }
 
 impl ServerConfig {
@@ -85,6 +99,12 @@ impl ServerConfig {
             lease: Duration::from_secs(30),
             max_attempts: 3,
             queue_poll: Duration::from_millis(250),
+            max_sandboxes: 32,
+            max_sandboxes_per_client: 4,
+            sandbox_idle_timeout: Duration::from_secs(600),
+            max_execs: 8,
+            pool_size: 2,
+            warm_systems: true,
         }
     }
 

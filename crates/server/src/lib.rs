@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod guard;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod runner;
@@ -59,6 +60,10 @@ pub struct AppState {
     pub bodies: BodyBudget,
     pub limits: RateLimit,
     pub admin_token: String,
+    /// Who created which live sandbox.
+    pub owners: live::Owners,
+    /// Execs into live sandboxes running at once.
+    pub execs: Arc<Semaphore>,
     pub started: Instant,
     /// Turns true when the server starts stopping (long polls end at once).
     pub stopping: watch::Receiver<bool>,
@@ -132,6 +137,10 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
     let mut ecfg = EngineConfig::new(&cfg.data_dir);
     ecfg.catalog = Some(catalog.clone());
     ecfg.netns_ready = cfg.netns_ready.unwrap_or(cfg.workers + 1);
+    ecfg.sandboxes.max_live = cfg.max_sandboxes;
+    ecfg.sandboxes.idle_timeout = cfg.sandbox_idle_timeout;
+    ecfg.systems.pool_size = cfg.pool_size;
+    let state_execs = cfg.max_execs.max(1);
     let engine = Arc::new(
         tokio::task::spawn_blocking(move || Engine::open(ecfg))
             .await
@@ -185,9 +194,6 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
         cfg.build_scratch_dir.clone(),
         hooks.build_progress,
     ));
-    if cfg.build_catalog {
-        builder.start(engine.clone(), false);
-    }
     let (admin_token_file, admin_token) = admin_token(&cfg)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -205,9 +211,24 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
         builder,
         metrics,
         admin_token,
+        owners: live::Owners::default(),
+        execs: Arc::new(Semaphore::new(state_execs)),
         started: Instant::now(),
         stopping: stopped.clone(),
     });
+    // Systems are provisioned (or found warm) after the images they run in.
+    let warm: Option<Box<dyn FnOnce() + Send>> = state.cfg.warm_systems.then(|| {
+        let st = state.clone();
+        Box::new(move || live::warm_systems(&st)) as Box<dyn FnOnce() + Send>
+    });
+    if state.cfg.build_catalog {
+        state.builder.start(state.engine.clone(), false, warm);
+    } else if let Some(warm) = warm {
+        std::thread::Builder::new()
+            .name("warm-systems".into())
+            .spawn(warm)
+            .context("starting the systems' warm-up")?;
+    }
     let app = router(state.clone());
     let accept = tokio::spawn(accept_loop(listener, app, state.clone(), stopped));
     tokio::spawn(housekeeping(state.clone()));
@@ -237,6 +258,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/results/{key}",
             get(api::result).delete(api::delete_result),
         )
+        .route(
+            "/api/sandboxes",
+            post(live::create_sandbox).get(live::list_sandboxes),
+        )
+        .route(
+            "/api/sandboxes/{id}",
+            get(live::sandbox).delete(live::delete_sandbox),
+        )
+        .route("/api/sandboxes/{id}/exec", post(live::exec))
+        .route(
+            "/api/sandboxes/{id}/files/{*path}",
+            get(live::get_file).put(live::put_file),
+        )
+        .route("/api/sandboxes/{id}/snapshot", post(live::snapshot))
+        .route("/api/systems", get(live::systems))
+        .route("/api/systems/query", post(live::query_many))
+        .route("/api/systems/{id}", get(live::system))
+        .route("/api/systems/{id}/query", post(live::query_one))
+        .route("/api/systems/{id}/provision", post(live::provision))
         .route("/api/admin/catalog/build", post(api::build_catalog))
         .route("/api/admin/gc", post(api::gc))
         .route(
@@ -402,13 +442,19 @@ async fn housekeeping(state: Arc<AppState>) {
     let mut leases = tokio::time::interval(Duration::from_secs(1));
     let mut sync = tokio::time::interval(state.cfg.queue_poll);
     let mut slow = tokio::time::interval(Duration::from_secs(30));
-    for t in [&mut leases, &mut sync, &mut slow] {
+    // Idle live sandboxes go within a few seconds of their timeout.
+    let mut sandboxes = tokio::time::interval(Duration::from_secs(5));
+    for t in [&mut leases, &mut sync, &mut slow, &mut sandboxes] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
         tokio::select! {
             _ = leases.tick() => state.runner.reap().await,
             _ = sync.tick() => state.runner.sync().await,
+            _ = sandboxes.tick() => {
+                let engine = state.engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.reap_sandboxes()).await;
+            }
             _ = slow.tick() => {
                 state.runner.prune().await;
                 state.limits.sweep();

@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api;
 use crate::error::ErrorResponse;
+use crate::live;
 use crate::types::*;
 use crate::workers::{self, *};
 
@@ -16,6 +17,9 @@ use crate::workers::{self, *};
         api::programs, api::program, api::catalog, api::run, api::create_job, api::job,
         api::job_events, api::cancel_job, api::result, api::delete_result, api::build_catalog, api::gc,
         api::healthz, api::metrics,
+        live::create_sandbox, live::list_sandboxes, live::sandbox, live::delete_sandbox,
+        live::exec, live::put_file, live::get_file, live::snapshot,
+        live::systems, live::system, live::query_many, live::query_one, live::provision,
         workers::me, workers::claim, workers::start, workers::heartbeat, workers::result,
         workers::create_worker, workers::list_workers, workers::revoke_worker,
     ),
@@ -24,7 +28,11 @@ use crate::workers::{self, *};
         BuildRequest, GcSummary, Health,
         WorkerCapabilities, ClaimRequest, JobRequirements, WorkerClaim, LeaseRequest,
         HeartbeatResponse, WorkerOutcome, ResultRequest, ResultAnswer, ResultResponse,
-        WorkerIdentity, NewWorker, CreatedWorker, WorkerInfo, WorkerList)),
+        WorkerIdentity, NewWorker, CreatedWorker, WorkerInfo, WorkerList,
+        SystemInfo, SystemList, DatasetInfo, FanOutRequest, FanOutResponse, SystemAnswer,
+        SandboxList, SnapshotRequest, SnapshotResponse, FilesResponse,
+        runbox_core::CreateSandbox, runbox_core::ExecSpec, runbox_core::SandboxInfo,
+        runbox_engine::QueryAnswer, runbox_engine::ProvisionReport, runbox_engine::SnapshotRecord)),
     modifiers(&AdminAuth),
 )]
 pub struct ApiDoc;

@@ -267,3 +267,120 @@ pub struct Health {
     pub running: u64,
     pub uptime_s: f64,
 }
+
+/// A dataset a system holds, for people choosing one.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Bytes of the dataset file.
+    pub size: u64,
+}
+
+/// A catalog system and the state of its warm snapshot.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SystemInfo {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub category: String,
+    pub query_mime: String,
+    pub answer_mime: String,
+    pub datasets: Vec<DatasetInfo>,
+    pub example: Option<runbox_catalog::SystemExample>,
+    /// The store name of the image it runs in.
+    pub image_name: String,
+    /// Whether that image is in the store (false while it is being built).
+    pub ready: bool,
+    /// What its snapshot is keyed by now (null while its image is missing).
+    pub fingerprint: Option<String>,
+    /// The snapshot matching the fingerprint, when one was made (the first query
+    /// provisions it otherwise).
+    pub snapshot: Option<runbox_engine::SnapshotRecord>,
+    /// Warm instances alive now.
+    pub instances: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SystemList {
+    pub systems: Vec<SystemInfo>,
+}
+
+/// One query for several systems at once.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutRequest {
+    /// System ids, each once (1 to 16).
+    pub systems: Vec<String>,
+    /// The query text (at most 128 KiB).
+    pub query: String,
+}
+
+/// One system's answer (or why it has none).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SystemAnswer {
+    pub system: String,
+    /// The system answered (a query the engine rejects is still an answer: its
+    /// result has a non-zero exit code and the message on stderr).
+    pub ok: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<runbox_engine::QueryAnswer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FanOutResponse {
+    pub query_bytes: usize,
+    /// Wall time of the whole request, in ms (the slowest system's).
+    pub total_ms: f64,
+    /// In the order the systems were asked for.
+    pub answers: Vec<SystemAnswer>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<runbox_core::SandboxInfo>,
+}
+
+/// Where `snapshot` writes the new image.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The image name (admin only; default `runbox-snapshot/<sandbox id>:latest`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The image a snapshot made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotResponse {
+    pub image: String,
+    /// Its manifest digest.
+    pub digest: String,
+    /// Bytes of file content and files in the new layer.
+    pub layer_bytes: u64,
+    pub files: u64,
+}
+
+/// Files read from a sandbox.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FilesResponse {
+    pub files: Vec<runbox_core::OutputFile>,
+}
+
+/// How a file is written into a sandbox (query parameters of `PUT .../files/...`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PutFileParams {
+    /// Mode 0755 instead of 0644.
+    #[serde(default)]
+    pub executable: bool,
+    /// Owner: a user name of the image or uid[:gid] (default: the image's user).
+    #[serde(default)]
+    pub user: Option<String>,
+}

@@ -40,7 +40,7 @@ impl Runbox {
     /// `busybox` (the directory lives as long as the returned `Runbox`).
     pub fn busybox_server(args: &[&str]) -> (Runbox, runbox_testkit::server::TestServer) {
         let rb = Runbox::new().with_busybox();
-        let mut all = vec!["--no-build"];
+        let mut all = vec!["--no-build", "--no-warm"];
         all.extend_from_slice(args);
         let ts = runbox_testkit::server::TestServer::start(
             Path::new(env!("CARGO_BIN_EXE_runbox")),

@@ -670,12 +670,18 @@ fn enter(p: &EnterPlan<'_>) -> Step<std::convert::Infallible> {
 
 /// A live sandbox's init: holds the namespaces while the parent execs into them.
 /// Orphans it inherits are reaped by the kernel (SIGCHLD ignored), so it only
-/// waits for the parent to close the sync socket (or to die: the death signal).
-/// Like [`init`], it keeps nothing but the socket, holds no capability and is not
-/// dumpable.
+/// waits for the parent to close the sync socket: runbox deletes the sandbox, or
+/// dies (the kernel closes its descriptors). Like [`init`], it keeps nothing but
+/// the socket, holds no capability and is not dumpable.
 fn hold(sync: BorrowedFd<'_>) -> ! {
     use std::os::fd::AsRawFd;
     let _ = runbox_sys::process::close_all_except(sync.as_raw_fd());
+    // No parent-death signal: it fires when the *thread* that created the
+    // sandbox ends (a request's worker thread), not runbox, and a live sandbox
+    // outlives that thread. The socket's end-of-file is the signal to go.
+    if rustix::process::set_parent_process_death_signal(None).is_err() {
+        exit_now(125);
+    }
     if rustix::io::write(sync, &[HELD]).is_err() {
         exit_now(125);
     }
