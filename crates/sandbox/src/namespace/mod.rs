@@ -440,8 +440,12 @@ impl NamespaceBackend {
                 .join(":")
         };
         let scratch = self.scratch.to_string_lossy();
+        // The upper directory must be a plain layer whatever the host kernel's
+        // defaults: no redirects (a renamed directory is copied up whole), no
+        // metadata-only copy-ups (a file's data is in the upper layer when it
+        // changes there), no index. A snapshot reads it as an OCI layer.
         let overlay_opts = CString::new(format!(
-            "lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work"
+            "lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work,redirect_dir=off,metacopy=off,index=off"
         ))
         .map_err(|e| SandboxError::io("overlay options", io::Error::other(e)))?;
         if overlay_opts.as_bytes().len() >= 4096 {
