@@ -91,7 +91,7 @@ export interface JobResult {
   stderr_truncated: boolean;
   outputs: OutputFile[];
   limits_hit: string[];
-  timings: { setup_ms: number; run_ms: number; teardown_ms: number; total_ms: number };
+  timings: { setup_ms: number; run_ms: number; teardown_ms: number; total_ms: number; wall_ms?: number };
   usage: { cpu_time_ms: number; cpu_user_ms: number; cpu_system_ms: number; peak_memory_bytes: number };
   limits?: Limits;
 }
@@ -119,6 +119,64 @@ export interface StoredResult {
   result: JobResult;
   created_at?: string;
   hits?: number;
+}
+
+/** A database system of the catalog (GET /api/systems). */
+export interface SystemInfo {
+  id: string;
+  name: string;
+  version: string;
+  description: string;
+  category: string;
+  query_mime: string;
+  answer_mime: string;
+  datasets: { name: string; description?: string; rows?: number | null; size?: number | null }[];
+  example: { query: string } | null;
+  image_name: string;
+  /** Its image is built. */
+  ready: boolean;
+  fingerprint: string | null;
+  snapshot: SnapshotInfo | null;
+  /** Warm instances alive now. */
+  instances: number;
+}
+
+export interface SnapshotInfo {
+  fingerprint: string;
+  image: string;
+  layer_bytes: number;
+  files: number;
+  created_at: number;
+  steps_ms: Record<string, number>;
+}
+
+/** How a system got its snapshot for an answer: `cold` when it was provisioned for it. */
+export interface ProvisionInfo {
+  path: string;
+  reason?: string | null;
+  total_ms: number;
+}
+
+export type SystemAnswer =
+  | {
+      system: string;
+      ok: true;
+      instance: string;
+      /** The instance was already running (false: started from the snapshot for this query). */
+      warm: boolean;
+      start_ms: number;
+      /** The cold provision that ran first, when no snapshot matched (docs name it `provision`, the engine `provisioned`). */
+      provision?: ProvisionInfo | null;
+      provisioned?: ProvisionInfo | null;
+      result: JobResult;
+    }
+  | { system: string; ok: false; error: { code: string; message: string } };
+
+export interface SystemsQueryResponse {
+  query_bytes: number;
+  total_ms: number;
+  /** In the order the systems were asked. */
+  answers: SystemAnswer[];
 }
 
 /** An error body from the API, or a transport failure in the same shape. */
@@ -168,6 +226,8 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
 export const api = {
   programs: () => request<{ programs: ProgramInfo[] }>("GET", "/api/programs").then((r) => r.programs),
   catalog: () => request<{ images: CatalogImage[] }>("GET", "/api/catalog").then((r) => r.images),
+  systems: () => request<{ systems: SystemInfo[] }>("GET", "/api/systems").then((r) => r.systems),
+  querySystems: (systems: string[], query: string) => request<SystemsQueryResponse>("POST", "/api/systems/query", { systems, query }),
   result: (key: string) => request<StoredResult>("GET", `/api/results/${encodeURIComponent(key)}`),
   submit: (req: RunRequest) => request<{ id: string; status: string }>("POST", "/api/jobs", req),
   job: (id: string) =>

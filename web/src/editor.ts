@@ -156,9 +156,14 @@ export class CodeEditor {
   private current: string | null = null;
   private generation = 0;
   private onChange: () => void;
+  private label: string;
+  private extra: Extension[];
 
-  constructor(parent: HTMLElement, onChange: () => void) {
+  /** `label` names the editor for screen readers; `extra` extensions are added to every file's. */
+  constructor(parent: HTMLElement, onChange: () => void, label = "Code editor", extra: Extension[] = []) {
     this.onChange = onChange;
+    this.label = label;
+    this.extra = extra;
     this.view = new EditorView({ parent, state: this.makeState("") });
   }
 
@@ -182,10 +187,11 @@ export class CodeEditor {
       search({ top: false }),
       keymap.of([...closeBracketsKeymap, ...defaultKeymap, ...searchKeymap, ...historyKeymap, indentWithTab]),
       theme,
-      EditorView.contentAttributes.of({ "aria-label": "Code editor", spellcheck: "false" }),
+      EditorView.contentAttributes.of({ "aria-label": this.label, spellcheck: "false" }),
       EditorView.updateListener.of((u) => {
         if (u.docChanged) this.onChange();
       }),
+      ...this.extra,
     ];
   }
 
@@ -234,6 +240,16 @@ export class CodeEditor {
     if (!st) return;
     this.current = key;
     this.view.setState(st);
+  }
+
+  /** Replaces a file's whole text (one undoable change when it is shown). */
+  setText(key: string, text: string) {
+    if (key === this.current) {
+      this.view.dispatch({ changes: { from: 0, to: this.view.state.doc.length, insert: text } });
+    } else {
+      const st = this.states.get(key);
+      if (st) this.states.set(key, st.update({ changes: { from: 0, to: st.doc.length, insert: text } }).state);
+    }
   }
 
   text(key: string): string {

@@ -22,6 +22,7 @@ import { defaults, optionsForm, type OptionsForm } from "./form";
 import { bytes, seconds } from "./format";
 import { isTextMime, renderResult, type Shown } from "./output";
 import { Picker } from "./picker";
+import { SystemsView } from "./systems";
 
 // ---- state ----
 
@@ -64,6 +65,10 @@ let removed: { draft: Draft; file: FileDraft; index: number } | null = null;
 
 const els = {
   buildStatus: $("#build-status"),
+  programsView: $("#programs-view"),
+  systemsView: $("#systems-view"),
+  viewPrograms: $("#view-programs") as HTMLAnchorElement,
+  viewSystems: $("#view-systems") as HTMLAnchorElement,
   sidebar: $("#sidebar"),
   toggle: $("#toggle-programs") as HTMLButtonElement,
   head: $("#program-head"),
@@ -94,7 +99,8 @@ const picker = new Picker($("#program-list"), $("#search") as HTMLInputElement, 
 });
 
 const isMac = /Mac|iPhone|iPad/.test(navigator.platform || navigator.userAgent);
-$("#run-keys").textContent = isMac ? "⌘ Enter" : "Ctrl Enter";
+const runKeys = isMac ? "⌘ Enter" : "Ctrl Enter";
+$("#run-keys").textContent = runKeys;
 els.run.title = `Run (${isMac ? "⌘+Enter" : "Ctrl+Enter"})`;
 
 // ---- drafts ----
@@ -146,7 +152,8 @@ function pickProgram(id: string, opts: { restore?: StoredResult; updateUrl?: "pu
   draft = opts.restore ? restoredDraft(p, opts.restore) : (drafts.get(id) ?? freshDraft(p));
   drafts.set(id, draft);
   if (opts.updateUrl !== false) setUrl(`/#${encodeURIComponent(id)}`, opts.updateUrl ?? "replace");
-  document.title = `${p.name} · runbox playground`;
+  els.viewPrograms.href = `/#${encodeURIComponent(id)}`;
+  if (view === "programs") document.title = `${p.name} · runbox playground`;
   picker.select(id);
   clearError();
   hideShare();
@@ -777,8 +784,14 @@ function programFromUrl(): string | null {
   return new URLSearchParams(location.search).get("program");
 }
 
-// The address bar edited by hand, or Back/Forward between programs.
+// The address bar edited by hand, or Back/Forward between programs and views.
 function followUrl() {
+  const sys = systemsFromUrl();
+  if (sys) {
+    showView("systems", { url: false, fromUrl: sys });
+    return;
+  }
+  if (view === "systems") showView("programs", { url: false });
   const permalink = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
   const id = permalink ? (restored?.key === decodeURIComponent(permalink[1]) ? restored.id : null) : programFromUrl();
   if (id && id !== current?.id) pickProgram(id, { updateUrl: false });
@@ -794,8 +807,9 @@ window.addEventListener(
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey) {
       e.preventDefault();
       e.stopPropagation();
-      void run();
-    } else if (e.key === "/" && !isTyping(e.target)) {
+      if (view === "systems") void systemsView?.run();
+      else void run();
+    } else if (e.key === "/" && view === "programs" && !isTyping(e.target)) {
       e.preventDefault();
       openDrawer();
       ($("#search") as HTMLInputElement).focus();
@@ -832,6 +846,8 @@ els.share.addEventListener("click", () => void share());
 // ---- start ----
 
 async function start() {
+  const sys = systemsFromUrl();
+  if (sys) showView("systems", { url: false, fromUrl: sys });
   replace(els.output, h("p", { class: "muted output-empty" }, "Loading the catalog…"));
   try {
     programs = await api.programs();
@@ -842,6 +858,8 @@ async function start() {
   }
   picker.setPrograms(programs);
   void pollCatalog();
+  // The Databases view was opened: the Programs view picks its program when it is shown.
+  if (view === "systems") return;
   if (programs.length === 0) {
     replace(els.output, h("p", { class: "muted output-empty" }, "The catalog has no programs."));
     return;
@@ -875,6 +893,79 @@ async function start() {
   const wanted = programFromUrl();
   pickProgram(wanted && programs.some((p) => p.id === wanted) ? wanted : defaultProgram());
   if (wanted && !programs.some((p) => p.id === wanted)) showError(new ApiError("program_not_found", `There is no program "${wanted}" in this catalog.`), "Unknown program:");
+}
+
+// ---- views: Programs and Databases ----
+
+type View = "programs" | "systems";
+let view: View = "programs";
+let systemsView: SystemsView | null = null;
+
+/**
+ * The Databases view's address: /#systems (every ready system ticked), or
+ * /?systems=sqlite,duckdb#systems for a choice; ?q= fills the query. The Programs
+ * view's is /#program.
+ */
+function systemsFromUrl(): { selection: string[] | null; query: string | null } | null {
+  const params = new URLSearchParams(location.search);
+  if (location.pathname !== "/" || !(location.hash === "#systems" || (location.hash === "" && params.has("systems")))) return null;
+  const list = params.get("systems");
+  return {
+    selection: list === null ? null : list.split(",").map((x) => x.trim()).filter(Boolean),
+    query: params.get("q"),
+  };
+}
+
+function systemsUrl(selection: string[] | null): string {
+  return selection === null ? "/#systems" : `/?systems=${selection.map(encodeURIComponent).join(",")}#systems`;
+}
+
+/**
+ * Shows a view. `url` writes the address (push or replace); `fromUrl` is the
+ * Databases view's address as read (its selection and query replace the view's).
+ */
+function showView(next: View, opts: { url?: "push" | "replace" | false; fromUrl?: { selection: string[] | null; query: string | null } } = {}) {
+  const changed = next !== view;
+  view = next;
+  document.body.dataset.view = next;
+  els.programsView.hidden = next !== "programs";
+  els.systemsView.hidden = next !== "systems";
+  els.toggle.hidden = next !== "programs";
+  els.viewPrograms.toggleAttribute("aria-current", false);
+  els.viewSystems.toggleAttribute("aria-current", false);
+  (next === "programs" ? els.viewPrograms : els.viewSystems).setAttribute("aria-current", "page");
+  if (next === "systems") {
+    closeDrawer();
+    document.title = "Databases · runbox playground";
+    systemsView ??= new SystemsView({ runKeys, onSelection: (sel) => setUrl(systemsUrl(sel)) });
+    const shown = systemsView.show(opts.fromUrl);
+    if (opts.url) setUrl(systemsUrl(systemsView.choice()), opts.url);
+    void shown.then(() => {
+      if (changed && opts.url) systemsView?.focus();
+    });
+    return;
+  }
+  systemsView?.hide();
+  if (current) {
+    if (opts.url) setUrl(`/#${encodeURIComponent(current.id)}`, opts.url);
+    document.title = `${current.name} · runbox playground`;
+    if (changed && opts.url) editor.focus();
+  } else if (programs.length > 0) {
+    const wanted = programFromUrl();
+    pickProgram(wanted && programs.some((p) => p.id === wanted) ? wanted : defaultProgram(), { updateUrl: opts.url ?? false });
+  }
+}
+
+for (const [link, target] of [
+  [els.viewPrograms, "programs"],
+  [els.viewSystems, "systems"],
+] as const) {
+  link.addEventListener("click", (e) => {
+    // A new tab or window opens the link itself.
+    if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    if (view !== target) showView(target, { url: "push" });
+  });
 }
 
 function defaultProgram(): string {

@@ -9,38 +9,7 @@
 // Needs playwright-core (`cd web && npm ci`) and Debian's chromium. Exits non-zero,
 // naming the step, on any mismatch.
 
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
-import { chromium } from "playwright-core";
-
-const base = process.env.RUNBOX_URL?.replace(/\/+$/, "");
-if (!base) {
-  console.error("playground.spec: set RUNBOX_URL to the runbox server, e.g. RUNBOX_URL=http://127.0.0.1:8080");
-  process.exit(2);
-}
-const shots = process.env.RUNBOX_SCREENSHOTS || fs.mkdtempSync(path.join(os.tmpdir(), "runbox-playground-"));
-fs.mkdirSync(shots, { recursive: true });
-const timeout = Number(process.env.RUNBOX_TEST_TIMEOUT_MS || 60_000);
-const origin = new URL(base).origin;
-
-let step = "start";
-let steps = 0;
-let shotNo = 0;
-const problems = [];
-let browser;
-
-class Mismatch extends Error {}
-
-/** Polls `fn` in the page until it returns a truthy value; on timeout, describes the page. */
-async function until(page, what, fn, arg) {
-  try {
-    return await (await page.waitForFunction(fn, arg, { timeout, polling: 100 })).jsonValue();
-  } catch (e) {
-    const state = await describe(page).catch(() => "(page state unavailable)");
-    throw new Mismatch(`${what}: not seen within ${timeout} ms (${e.message.split("\n")[0]})\n${state}`);
-  }
-}
+import { Mismatch, browserTest } from "./browser.mjs";
 
 /** What the page shows now, for failure messages. */
 async function describe(page) {
@@ -57,27 +26,7 @@ async function describe(page) {
   });
 }
 
-async function shot(page, name) {
-  const file = path.join(shots, `${String(++shotNo).padStart(2, "0")}-${name}.png`);
-  await page.screenshot({ path: file });
-  console.log(`  screenshot ${file}`);
-}
-
-function watch(page, label) {
-  page.on("pageerror", (e) => problems.push(`${label}: uncaught error in the page: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") console.log(`  [${label} console.error] ${m.text()}`);
-  });
-  // Every asset must come from the runbox server itself.
-  page.on("request", (r) => {
-    const u = r.url();
-    if (!u.startsWith("data:") && !u.startsWith("blob:") && new URL(u).origin !== origin) problems.push(`${label}: request to another origin: ${u}`);
-  });
-}
-
-function checkProblems() {
-  if (problems.length) throw new Mismatch(problems.join("\n"));
-}
+const { base, origin, timeout, until, shot, watch, checkProblems, begin, launch, run } = browserTest("playground", describe);
 
 async function pickProgram(page, id) {
   const button = page.locator(`#program-list button.program[data-id="${id}"]`);
@@ -85,12 +34,6 @@ async function pickProgram(page, id) {
   await button.waitFor({ state: "visible", timeout });
   await button.click();
   await until(page, `program ${id} selected`, (id) => location.hash === `#${id}` && document.querySelector(".cm-content") !== null, id);
-}
-
-function begin(name) {
-  step = name;
-  steps++;
-  console.log(`- ${name}`);
 }
 
 /** The text in the editor (the shown file). */
@@ -158,10 +101,7 @@ async function waitForResult(page, what) {
 }
 
 async function main() {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox"],
-  });
+  const browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin });
   const page = await context.newPage();
@@ -371,23 +311,4 @@ async function main() {
   await shot(again, "permalink-opened");
 }
 
-try {
-  await main();
-  await browser?.close();
-  console.log(`playground: ${steps} passed, 0 failed (screenshots in ${shots})`);
-} catch (e) {
-  console.error(`\nplayground test FAILED at step "${step}":\n${e instanceof Mismatch ? e.message : e.stack ?? e}`);
-  try {
-    const pages = browser?.contexts().flatMap((c) => c.pages()) ?? [];
-    const last = pages[pages.length - 1];
-    if (last) {
-      const file = path.join(shots, "failure.png");
-      await last.screenshot({ path: file });
-      console.error(`screenshot of the failure: ${file}`);
-    }
-  } catch {
-    // The browser may be gone; the message above is what matters.
-  }
-  await browser?.close().catch(() => {});
-  process.exit(1);
-}
+await run(main);
