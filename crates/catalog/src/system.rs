@@ -50,7 +50,8 @@ pub enum SystemState {
     /// In files: runbox stops the daemons (the `stop` script) before it freezes
     /// the files into a snapshot.
     Disk,
-    /// In processes: never snapshotted; every instance is provisioned anew.
+    /// In processes (which the namespace backend cannot freeze): the snapshot
+    /// holds what `install` made; every instance runs start, check and load.
     Memory,
 }
 

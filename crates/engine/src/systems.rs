@@ -460,17 +460,54 @@ impl Engine {
             .map_err(|e| EngineError::Plan(e.into()))
     }
 
-    /// Provisions cold and records the snapshot.
-    fn provision(&self, system: &System, fingerprint: &str) -> Result<SnapshotRecord, EngineError> {
-        if system.state == SystemState::Memory {
-            return Err(EngineError::Coded {
-                code: ErrorCode::ProvisionFailed,
-                message: format!(
-                    "system {} keeps its state in memory, which the namespace backend cannot snapshot",
-                    system.id
-                ),
-            });
+    /// Runs lifecycle steps in order, timing each into `steps`: a script (`start`
+    /// keeps what it leaves running), or `check` (polled until ready). A missing
+    /// script is skipped; a failing one stops everything with its output.
+    fn run_steps(
+        &self,
+        system: &System,
+        entry: &Entry,
+        order: &[&str],
+        steps: &mut BTreeMap<String, f64>,
+    ) -> Result<(), EngineError> {
+        let s = &system.scripts;
+        for &step in order {
+            let t = Instant::now();
+            if step == "check" {
+                if s.check.is_some() {
+                    self.wait_ready(system, entry)?;
+                    steps.insert(step.to_owned(), ms(t.elapsed()));
+                }
+                continue;
+            }
+            let script = match step {
+                "install" => &s.install,
+                "start" => &s.start,
+                "load" => &s.load,
+                "stop" => &s.stop,
+                "clone" => &s.clone,
+                other => unreachable!("no lifecycle step {other}"),
+            };
+            let Some(script) = script else { continue };
+            let keep = step == "start";
+            let r = self.exec_entry(
+                entry,
+                &self.script(system, script, None, keep, &system.limits),
+                &mut NoEvents,
+            )?;
+            steps.insert(step.to_owned(), ms(t.elapsed()));
+            if r.status != JobStatus::Ok {
+                return Err(provision_failed(&system.id, step, &r));
+            }
         }
+        Ok(())
+    }
+
+    /// Provisions cold and records the snapshot. A system whose state is on disk
+    /// is installed, started, loaded and stopped (its files then consistent) before
+    /// the freeze; one whose state lives in memory (which the namespace backend
+    /// cannot freeze) only installed: each instance starts and loads anew.
+    fn provision(&self, system: &System, fingerprint: &str) -> Result<SnapshotRecord, EngineError> {
         let mut steps = BTreeMap::new();
         let t = Instant::now();
         let base = self.system_image(system)?;
@@ -492,42 +529,11 @@ impl Engine {
         let limits = self.sandbox_limits(system)?;
         let entry = self.spawn_sandbox(source, limits, self.cfg.sandboxes.idle_timeout, lease)?;
         let id = entry.id.clone();
-        let outcome = (|| -> Result<(), EngineError> {
-            let s = &system.scripts;
-            for (step, script, keep) in [("install", &s.install, false), ("start", &s.start, true)]
-            {
-                if let Some(script) = script {
-                    let t = Instant::now();
-                    let r = self.exec_entry(
-                        &entry,
-                        &self.script(system, script, None, keep, &system.limits),
-                        &mut NoEvents,
-                    )?;
-                    steps.insert(step.to_owned(), ms(t.elapsed()));
-                    if r.status != JobStatus::Ok {
-                        return Err(provision_failed(&system.id, step, &r));
-                    }
-                }
-            }
-            let t = Instant::now();
-            self.wait_ready(system, &entry)?;
-            steps.insert("check".to_owned(), ms(t.elapsed()));
-            for (step, script) in [("load", &s.load), ("stop", &s.stop)] {
-                if let Some(script) = script {
-                    let t = Instant::now();
-                    let r = self.exec_entry(
-                        &entry,
-                        &self.script(system, script, None, false, &system.limits),
-                        &mut NoEvents,
-                    )?;
-                    steps.insert(step.to_owned(), ms(t.elapsed()));
-                    if r.status != JobStatus::Ok {
-                        return Err(provision_failed(&system.id, step, &r));
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let order: &[&str] = match system.state {
+            SystemState::Disk => &["install", "start", "check", "load", "stop"],
+            SystemState::Memory => &["install"],
+        };
+        let outcome = self.run_steps(system, &entry, order, &mut steps);
         drop(entry);
         if let Err(e) = outcome {
             let _ = self.delete_sandbox(&id);
@@ -591,22 +597,11 @@ impl Engine {
             Some(system.id.clone()),
         );
         let entry = self.spawn_sandbox(source, limits, idle, lease)?;
-        let s = &system.scripts;
-        let outcome = (|| -> Result<(), EngineError> {
-            for (step, script, keep) in [("clone", &s.clone, false), ("start", &s.start, true)] {
-                if let Some(script) = script {
-                    let r = self.exec_entry(
-                        &entry,
-                        &self.script(system, script, None, keep, &system.limits),
-                        &mut NoEvents,
-                    )?;
-                    if r.status != JobStatus::Ok {
-                        return Err(provision_failed(&system.id, step, &r));
-                    }
-                }
-            }
-            self.wait_ready(system, &entry)
-        })();
+        let order: &[&str] = match system.state {
+            SystemState::Disk => &["clone", "start", "check"],
+            SystemState::Memory => &["clone", "start", "check", "load"],
+        };
+        let outcome = self.run_steps(system, &entry, order, &mut BTreeMap::new());
         if let Err(e) = outcome {
             let _ = self.delete_sandbox(&entry.id);
             return Err(e);

@@ -779,3 +779,38 @@ fn an_instance_outlives_the_thread_that_started_it() {
         (first.instance.as_str(), true)
     );
 }
+
+/// A system whose state lives in memory: the snapshot holds what `install` made,
+/// and every instance starts and loads anew (the namespace backend cannot freeze
+/// processes).
+#[test]
+fn a_memory_state_system_snapshots_its_install_and_loads_per_instance() {
+    let f = Fixture::new();
+    f.write_system(
+        SYSTEM,
+        &SYSTEM_TOML.replace(r#"state = "disk""#, r#"state = "memory""#),
+    );
+    let engine = f.engine();
+    let report = consume(&engine, SYSTEM, false);
+    assert_eq!(report.path, "cold");
+    let steps: Vec<&str> = report
+        .snapshot
+        .steps_ms
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(steps, ["datasets", "install", "snapshot"], "{report:?}");
+
+    // The snapshot has the install's files, not the load's.
+    let plain = engine
+        .create_sandbox(&CreateSandbox {
+            snapshot: Some(report.snapshot.image.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(exec(&engine, &plain.id, "ls /var/lib/testdb"), "seed\n");
+
+    // An instance started and loaded: it answers from its own load.
+    assert_eq!(ask(&engine, "stats\n"), stats_answer(5000));
+    assert_eq!(ask(&engine, "loader\n"), "loader\nv1\n");
+}
