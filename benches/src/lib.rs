@@ -89,7 +89,13 @@ pub mod serve {
     impl Server {
         pub fn start(runbox: &Path, data: &Path, args: &[&str], log: PathBuf) -> Result<Server> {
             let mut child = Command::new(runbox)
-                .args(["serve", "--listen", "127.0.0.1:0", "--no-build", "--no-warm"])
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--no-build",
+                    "--no-warm",
+                ])
                 .args(["--rate-limit", "0"])
                 .args(args)
                 .env("RUNBOX_DATA_DIR", data)
