@@ -199,35 +199,11 @@ pub struct SandboxExecArgs {
         value_name = "ARGV"
     )]
     pub argv: Vec<String>,
-    /// Set an environment variable (KEY=VALUE).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory inside the sandbox.
-    #[arg(short = 'w', long)]
-    pub workdir: Option<String>,
-    /// User to run as: a user of the image or UID[:GID].
-    #[arg(short = 'u', long)]
-    pub user: Option<String>,
-    /// Add a file before the command runs: PATH=@HOSTFILE or PATH=TEXT.
-    #[arg(short = 'i', long = "input", value_name = "PATH=@FILE")]
-    pub inputs: Vec<String>,
-    /// Collect this file or directory after the command.
-    #[arg(short = 'o', long = "output", value_name = "PATH")]
-    pub outputs: Vec<String>,
-    /// Host directory the collected outputs are written to.
-    #[arg(long, value_name = "DIR")]
-    pub output_dir: Option<PathBuf>,
     /// Processes the command leaves running (daemons) stay for later execs.
     #[arg(long)]
     pub keep_running: bool,
-    /// Do not pass stdin (without it, stdin is passed when it is not a terminal).
-    #[arg(long)]
-    pub no_stdin: bool,
-    /// Print one JSON JobResult instead of the command's output.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub limits: LimitArgs,
+    pub job: JobArgs,
 }
 
 /// `runbox system`.
@@ -565,6 +541,18 @@ pub struct RunArgs {
     #[arg(last = true, value_name = "ARGV")]
     pub argv: Vec<String>,
 
+    /// Replace the image's Entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// What a command runs with and how its result comes back: the flags `runbox run`
+/// and `runbox sandbox exec` share.
+#[derive(Debug, Args, Default)]
+pub struct JobArgs {
     /// Set an environment variable (KEY=VALUE, or KEY to pass the host's value).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -577,10 +565,6 @@ pub struct RunArgs {
     /// User, else 1000:1000. Root inside is an unprivileged id on the host.
     #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
-
-    /// Replace the image's Entrypoint ("" clears it).
-    #[arg(long, value_name = "CMD")]
-    pub entrypoint: Option<String>,
 
     /// Place a file before the run: PATH=@HOSTFILE copies a host file, PATH=TEXT
     /// writes TEXT. Relative paths are under the working directory. Add `:x` after
@@ -686,7 +670,11 @@ mod tests {
         assert_eq!(r.image.as_deref(), Some("img"));
         assert_eq!(r.argv, ["sh", "-c", "echo"]);
         assert_eq!(
-            (r.limits.memory, r.limits.wall_time, r.limits.cpus),
+            (
+                r.job.limits.memory,
+                r.job.limits.wall_time,
+                r.job.limits.cpus
+            ),
             (Some(64 << 20), Some(2000), Some(500))
         );
     }

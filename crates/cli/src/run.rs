@@ -11,7 +11,7 @@ use runbox_core::{Data, ErrorCode, InputFile, JobResult, JobSpec, JobStatus, Lim
 use runbox_engine::{Engine, EngineConfig};
 use runbox_sandbox::{CancelToken, Cancellable, JobEvents};
 
-use crate::cli::{LimitArgs, RunArgs};
+use crate::cli::{JobArgs, LimitArgs, RunArgs};
 use crate::error::CliError;
 use crate::units::human_bytes;
 use crate::{hostout, print_json, Exit};
@@ -111,7 +111,7 @@ fn parse_options(opts: &[String]) -> anyhow::Result<std::collections::BTreeMap<S
     Ok(out)
 }
 
-pub(crate) fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
+fn parse_input(spec: &str, max: u64) -> anyhow::Result<InputFile> {
     let bad = || {
         CliError::new(
             ErrorCode::InvalidArgument,
@@ -171,7 +171,7 @@ fn too_big(what: &str, size: u64, max: u64) -> CliError {
 }
 
 /// Reads our stdin (unless it is a terminal or --no-stdin), up to `max` bytes.
-pub(crate) fn read_stdin(no_stdin: bool, max: u64) -> anyhow::Result<Option<Data>> {
+fn read_stdin(no_stdin: bool, max: u64) -> anyhow::Result<Option<Data>> {
     let stdin = std::io::stdin();
     if no_stdin || stdin.is_terminal() {
         return Ok(None);
@@ -189,7 +189,7 @@ pub(crate) fn read_stdin(no_stdin: bool, max: u64) -> anyhow::Result<Option<Data
 }
 
 /// `-e KEY=VALUE` flags (`-e KEY` passes the host's value, like docker).
-pub(crate) fn parse_env(flags: &[String]) -> std::collections::BTreeMap<String, String> {
+fn parse_env(flags: &[String]) -> std::collections::BTreeMap<String, String> {
     let mut env = std::collections::BTreeMap::new();
     for e in flags {
         match e.split_once('=') {
@@ -207,20 +207,50 @@ pub(crate) fn parse_env(flags: &[String]) -> std::collections::BTreeMap<String, 
     env
 }
 
-fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
-    let env = parse_env(&args.env);
-    if !args.outputs.is_empty() && args.output_dir.is_none() && !args.json {
+/// The parts of a job the shared flags give: env, working directory, user, stdin,
+/// input files, outputs and limits (host files and stdin read up to the input
+/// limit, checked before anything runs).
+pub(crate) struct JobParts {
+    pub env: std::collections::BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: Option<Data>,
+    pub inputs: Vec<InputFile>,
+    pub outputs: Vec<String>,
+    pub limits: LimitsSpec,
+}
+
+pub(crate) fn job_parts(j: &JobArgs) -> anyhow::Result<JobParts> {
+    // The input limit applies while reading host files, before planning checks it.
+    let input_max = j
+        .limits
+        .input_limit
+        .unwrap_or(Limits::default().input_bytes);
+    if !j.outputs.is_empty() && j.output_dir.is_none() && !j.json {
         return Err(CliError::new(
             ErrorCode::InvalidArgument,
             "--output needs --output-dir DIR to write the files to (or --json to get them in the result)",
         )
         .into());
     }
-    let inputs = args
+    let inputs = j
         .inputs
         .iter()
         .map(|i| parse_input(i, input_max))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(JobParts {
+        env: parse_env(&j.env),
+        workdir: j.workdir.clone(),
+        user: j.user.clone(),
+        stdin: read_stdin(j.no_stdin, input_max)?,
+        inputs,
+        outputs: j.outputs.clone(),
+        limits: limits_spec(&j.limits),
+    })
+}
+
+fn build_spec(args: &RunArgs) -> anyhow::Result<JobSpec> {
+    let p = job_parts(&args.job)?;
     Ok(JobSpec {
         image: args.image.clone().unwrap_or_default(),
         program: args.program.clone(),
@@ -233,24 +263,19 @@ fn build_spec(args: &RunArgs, input_max: u64) -> anyhow::Result<JobSpec> {
                 vec![e.clone()]
             }
         }),
-        env,
-        workdir: args.workdir.clone(),
-        user: args.user.clone(),
-        stdin: read_stdin(args.no_stdin, input_max)?,
-        inputs,
-        outputs: args.outputs.clone(),
-        limits: limits_spec(&args.limits),
+        env: p.env,
+        workdir: p.workdir,
+        user: p.user,
+        stdin: p.stdin,
+        inputs: p.inputs,
+        outputs: p.outputs,
+        limits: p.limits,
         network: Default::default(),
     })
 }
 
 pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: RunArgs) -> anyhow::Result<Exit> {
-    // The input limit applies while reading host files, before planning checks it.
-    let input_max = args
-        .limits
-        .input_limit
-        .unwrap_or(Limits::default().input_bytes);
-    let spec = build_spec(&args, input_max)?;
+    let spec = build_spec(&args)?;
     let mut cfg = EngineConfig::new(data_dir);
     if args.program.is_some() {
         cfg.catalog = Some(crate::catalog::load(data_dir, catalog_dir)?);
@@ -259,18 +284,18 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: RunArgs) -> anyhow
     let interrupts = Interrupts::install()?;
     let engine = Engine::open(cfg)?;
     let token = interrupts.token.clone();
-    let mut result = if args.json {
+    let mut result = if args.job.json {
         engine.run(spec, &mut Cancellable::new(Quiet, token))?
     } else {
         engine.run(spec, &mut Cancellable::new(Mirror, token))?
     };
-    if let Some(dir) = &args.output_dir {
+    if let Some(dir) = &args.job.output_dir {
         hostout::save_outputs(dir, &mut result.outputs)?;
     }
     let signal = interrupts
         .signal()
         .filter(|_| result.status == JobStatus::Cancelled);
-    if args.json {
+    if args.job.json {
         print_json(&result)?;
     } else {
         report_cuts(&result);

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::cli::{SandboxArgs, SandboxCommand, SandboxExecArgs};
 use crate::error::CliError;
-use crate::run::{exit_code, limits_spec, parse_env, parse_input, read_stdin, report_cuts};
+use crate::run::{exit_code, job_parts, limits_spec, report_cuts};
 use crate::{hostout, print_json, Exit};
 
 struct Client {
@@ -308,30 +308,16 @@ fn files_url(c: &Client, id: &str, path: &str) -> anyhow::Result<reqwest::Url> {
 }
 
 fn exec(c: &Client, a: SandboxExecArgs) -> anyhow::Result<Exit> {
-    let input_max = a
-        .limits
-        .input_limit
-        .unwrap_or(Limits::default().input_bytes);
-    if !a.outputs.is_empty() && a.output_dir.is_none() && !a.json {
-        return Err(CliError::new(
-            ErrorCode::InvalidArgument,
-            "--output needs --output-dir DIR to write the files to (or --json to get them in the result)",
-        )
-        .into());
-    }
+    let p = job_parts(&a.job)?;
     let spec = ExecSpec {
         argv: a.argv.clone(),
-        env: parse_env(&a.env),
-        workdir: a.workdir.clone(),
-        user: a.user.clone(),
-        stdin: read_stdin(a.no_stdin, input_max)?,
-        inputs: a
-            .inputs
-            .iter()
-            .map(|i| parse_input(i, input_max))
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        outputs: a.outputs.clone(),
-        limits: limits_spec(&a.limits),
+        env: p.env,
+        workdir: p.workdir,
+        user: p.user,
+        stdin: p.stdin,
+        inputs: p.inputs,
+        outputs: p.outputs,
+        limits: p.limits,
         keep_running: a.keep_running,
     };
     let mut result: JobResult = c.json(
@@ -339,10 +325,10 @@ fn exec(c: &Client, a: SandboxExecArgs) -> anyhow::Result<Exit> {
             .post(c.url(&format!("/api/sandboxes/{}/exec", a.id)))
             .json(&spec),
     )?;
-    if let Some(dir) = &a.output_dir {
+    if let Some(dir) = &a.job.output_dir {
         hostout::save_outputs(dir, &mut result.outputs)?;
     }
-    if a.json {
+    if a.job.json {
         print_json(&result)?;
     } else {
         let decode = |text: &str, b64: &Option<String>| -> Vec<u8> {
