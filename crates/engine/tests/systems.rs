@@ -814,3 +814,33 @@ fn a_memory_state_system_snapshots_its_install_and_loads_per_instance() {
     assert_eq!(ask(&engine, "stats\n"), stats_answer(5000));
     assert_eq!(ask(&engine, "loader\n"), "loader\nv1\n");
 }
+
+/// The image is part of what made the snapshot: the same name over another image
+/// (here another config, so another manifest digest) is another fingerprint.
+#[test]
+fn another_image_under_the_same_name_changes_the_fingerprint() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    let first = consume(&engine, SYSTEM, false);
+    drop(engine);
+    let dir = f.data.parent().unwrap().join("other-image");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = runbox_testkit::oci::default_busybox_config();
+    config.env.push("RUNBOX_TEST_VARIANT=2".into());
+    let layout = runbox_testkit::oci::busybox_image_with_config(&dir, config);
+    Store::open(&f.data, StoreOptions::default())
+        .unwrap()
+        .import(
+            &layout,
+            &ImportOptions {
+                name: Some("busybox".into()),
+            },
+            &NoProgress,
+        )
+        .unwrap();
+    let engine = f.engine();
+    let second = consume(&engine, SYSTEM, false);
+    assert_ne!(second.fingerprint, first.fingerprint);
+    assert_eq!(second.path, "cold", "{second:?}");
+    assert_eq!(ask(&engine, "stats"), stats_answer(5000));
+}
