@@ -382,6 +382,13 @@ pub struct ServeArgs {
     /// Warm instances kept per database system (docs/systems.md).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub pool_size: usize,
+    /// Queries one warm instance answers at once; more wait for a free one.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub queries_per_instance: usize,
+    /// The most wall-clock and CPU time one system query may take (a system's own
+    /// limit may be lower); the answer then says wall_time_limit.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub query_timeout: u64,
     /// Do not provision the systems and start their warm instances at start (the
     /// first query of each then does).
     #[arg(long)]

@@ -48,6 +48,16 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
     cfg.max_execs = args.max_execs.max(1);
     anyhow::ensure!(args.pool_size >= 1, "--pool-size must be at least 1");
     cfg.pool_size = args.pool_size;
+    anyhow::ensure!(
+        args.queries_per_instance >= 1,
+        "--queries-per-instance must be at least 1"
+    );
+    cfg.queries_per_instance = args.queries_per_instance;
+    anyhow::ensure!(
+        args.query_timeout >= 100,
+        "--query-timeout must be at least 100ms"
+    );
+    cfg.query_timeout = Duration::from_millis(args.query_timeout);
     cfg.warm_systems = !args.no_warm;
     let hooks = Hooks {
         build_progress: Some(Arc::new(|name: &str| {

@@ -408,6 +408,7 @@ case "$q" in
   count) cat /var/lib/kv/count ;;
   seed) cat /var/lib/kv/seed; echo ;;
   host) hostname ;;
+  slow) sleep 60; echo late ;;
   *) echo "unknown query: $q" >&2; exit 2 ;;
 esac
 '''
@@ -438,6 +439,8 @@ fn systems_answer_queries_side_by_side_and_keep_their_instances_to_themselves() 
             cat.to_str().unwrap(),
             "--pool-size",
             "1",
+            "--query-timeout",
+            "1s",
         ],
     );
     let list = s.get("/api/systems");
@@ -489,6 +492,16 @@ fn systems_answer_queries_side_by_side_and_keep_their_instances_to_themselves() 
         .as_str()
         .unwrap()
         .contains("unknown query"));
+
+    // A query past the server's --query-timeout is cut, and says so; the
+    // instance answers the next one.
+    let r = s.post(&["kv"], "slow\n");
+    let a = &r.json()["answers"][0];
+    assert_eq!(a["result"]["status"], "wall_time_limit", "{a}");
+    assert_eq!(a["result"]["limits"]["wall_time_ms"], 1000);
+    assert_eq!(a["instance"], instance.as_str());
+    let r = s.post(&["kv"], "count\n");
+    assert_eq!(r.json()["answers"][0]["result"]["stdout"], "5000\n");
 
     // One system by itself, the query as the raw body.
     let one = s.send(

@@ -50,6 +50,9 @@ pub struct SystemsConfig {
     pub per_instance: usize,
     /// How long `check` may take to pass after `start`.
     pub ready_timeout: Duration,
+    /// The most wall and CPU time one query may take (a system's own limits may
+    /// be lower): a slow query must not hold an instance others wait for.
+    pub query_time: Duration,
 }
 
 impl Default for SystemsConfig {
@@ -58,6 +61,7 @@ impl Default for SystemsConfig {
             pool_size: 2,
             per_instance: 2,
             ready_timeout: Duration::from_secs(60),
+            query_time: Duration::from_secs(30),
         }
     }
 }
@@ -686,7 +690,7 @@ impl Engine {
                 &system.scripts.query,
                 Some(query.to_vec()),
                 false,
-                &system.limits,
+                &self.query_limits(&system),
             );
             let r = self.exec_entry(&entry, &spec, &mut NoEvents);
             self.release_slot(&pool, &entry);
@@ -718,6 +722,15 @@ impl Engine {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// The system's limits with wall and CPU time capped at `query_time`.
+    fn query_limits(&self, system: &System) -> runbox_core::LimitsSpec {
+        let cap = u64::try_from(self.cfg.systems.query_time.as_millis()).unwrap_or(u64::MAX);
+        let mut l = system.limits;
+        l.wall_time_ms = Some(l.wall_time_ms.map_or(cap, |w| w.min(cap)));
+        l.cpu_time_ms = Some(l.cpu_time_ms.map_or(cap, |c| c.min(cap)));
+        l
     }
 
     /// Runs one query on several systems at once.

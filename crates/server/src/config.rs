@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub max_execs: usize,
     /// Warm instances kept per system. Default 2.
     pub pool_size: usize,
+    /// Queries one warm instance answers at once; more wait. Default 2.
+    pub queries_per_instance: usize,
+    /// The most wall and CPU time a system query may take. Default 30 s.
+    pub query_timeout: Duration,
     /// Provision the catalog's systems and start their warm pools at start
     /// (after the catalog build). Default on.
     pub warm_systems: bool,
@@ -104,6 +108,8 @@ impl ServerConfig {
             sandbox_idle_timeout: Duration::from_secs(600),
             max_execs: 8,
             pool_size: 2,
+            queries_per_instance: 2,
+            query_timeout: Duration::from_secs(30),
             warm_systems: true,
         }
     }

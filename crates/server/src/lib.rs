@@ -140,6 +140,8 @@ pub async fn start(cfg: ServerConfig, hooks: Hooks) -> anyhow::Result<Server> {
     ecfg.sandboxes.max_live = cfg.max_sandboxes;
     ecfg.sandboxes.idle_timeout = cfg.sandbox_idle_timeout;
     ecfg.systems.pool_size = cfg.pool_size;
+    ecfg.systems.per_instance = cfg.queries_per_instance;
+    ecfg.systems.query_time = cfg.query_timeout;
     let state_execs = cfg.max_execs.max(1);
     let engine = Arc::new(
         tokio::task::spawn_blocking(move || Engine::open(ecfg))
