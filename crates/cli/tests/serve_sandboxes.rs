@@ -606,3 +606,51 @@ impl Query for TestServer {
         r
     }
 }
+
+/// Host processes whose command line is exactly `cmdline` (NUL-separated).
+fn processes_running(cmdline: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmdline)
+        })
+        .count()
+}
+
+#[test]
+fn a_crashed_server_leaves_no_sandbox_running() {
+    let rb = Runbox::new().with_busybox();
+    let s = server(&rb, &[]);
+    let id = create(&s, &json!({"image": "busybox"})).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A number no other test uses: the daemon is found by its command line.
+    let marker = format!("sleep {}", 900_000 + std::process::id() % 90_000);
+    let d = exec(
+        &s,
+        &id,
+        &json!({"argv": ["sh", "-c", format!("{marker} </dev/null >/dev/null 2>&1 &")], "keep_running": true}),
+    );
+    assert_eq!(d.status, 200, "{}", d.text());
+    assert_eq!(processes_running(&marker), 1, "the daemon runs");
+    // SIGKILL: no clean-up code of the server's runs.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_running(&marker) > 0 {
+        assert!(Instant::now() < deadline, "the sandbox outlived the server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
