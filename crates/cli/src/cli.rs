@@ -376,6 +376,10 @@ pub struct ServeArgs {
     /// may ask for).
     #[arg(long, default_value = "10m", value_parser = parse_duration_ms, value_name = "DURATION")]
     pub sandbox_idle_timeout: u64,
+    /// Images made by sandbox snapshots the store may hold (more get 429 until an
+    /// admin removes some with `runbox image rm`).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_snapshots: usize,
     /// Commands run in live sandboxes at once; more wait for a turn.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub max_execs: usize,

@@ -46,6 +46,7 @@ pub fn run(data_dir: &Path, catalog_dir: Option<&Path>, args: ServeArgs) -> anyh
     );
     cfg.sandbox_idle_timeout = Duration::from_millis(args.sandbox_idle_timeout);
     cfg.max_execs = args.max_execs.max(1);
+    cfg.max_snapshots = args.max_snapshots;
     anyhow::ensure!(args.pool_size >= 1, "--pool-size must be at least 1");
     cfg.pool_size = args.pool_size;
     anyhow::ensure!(

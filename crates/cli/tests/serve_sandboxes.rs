@@ -184,7 +184,10 @@ fn a_live_sandbox_keeps_state_between_execs_and_snapshots_into_an_image() {
 #[test]
 fn bad_sandbox_requests_are_refused_with_what_to_fix() {
     let rb = Runbox::new().with_busybox();
-    let s = server(&rb, &["--max-sandboxes-per-client", "2"]);
+    let s = server(
+        &rb,
+        &["--max-sandboxes-per-client", "2", "--max-snapshots", "1"],
+    );
 
     let r = create(&s, &json!({"image": "busybox", "program": "x"}));
     assert_eq!(r.status, 400);
@@ -250,6 +253,19 @@ fn bad_sandbox_requests_are_refused_with_what_to_fix() {
     assert_eq!(r.status, 401, "{}", r.text());
     // ...and the refused request changed nothing: the sandbox still runs.
     assert_eq!(sh(&s, &a, "echo still")["stdout"], "still\n");
+
+    // The store holds at most --max-snapshots sandbox snapshots.
+    let first = s.post_json(&format!("/api/sandboxes/{a}/snapshot"), &json!({}));
+    assert_eq!(first.status, 201, "{}", first.text());
+    let b = b.json()["id"].as_str().unwrap().to_owned();
+    let second = s.post_json(&format!("/api/sandboxes/{b}/snapshot"), &json!({}));
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert!(
+        second.text().contains("--max-snapshots"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(sh(&s, &b, "echo alive")["stdout"], "alive\n");
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod systems;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use sandboxes::{SandboxesConfig, SnapshotMade, SNAPSHOT_EXCLUDES};
+pub use sandboxes::{SandboxesConfig, SnapshotMade, SANDBOX_SNAPSHOT_LABEL, SNAPSHOT_EXCLUDES};
 pub use systems::{ProvisionReport, QueryAnswer, SnapshotRecord, SystemsConfig};
 
 use runbox_catalog::{Catalog, CatalogError};

@@ -39,6 +39,9 @@ impl Default for SandboxesConfig {
     }
 }
 
+/// The label a sandbox's snapshot image carries: the id of the sandbox it froze.
+pub const SANDBOX_SNAPSHOT_LABEL: &str = "org.runbox.snapshot.sandbox";
+
 /// Paths a snapshot leaves out: runbox makes them afresh in every sandbox.
 pub const SNAPSHOT_EXCLUDES: [&str; 3] = ["dev", "proc", "etc/hosts"];
 
@@ -431,6 +434,16 @@ impl Engine {
         }
     }
 
+    /// Images in the store made by [`Engine::snapshot_sandbox`].
+    pub fn sandbox_snapshots(&self) -> Result<usize, EngineError> {
+        Ok(self
+            .store
+            .list()?
+            .iter()
+            .filter(|r| r.config.labels.contains_key(SANDBOX_SNAPSHOT_LABEL))
+            .count())
+    }
+
     /// Freezes a sandbox's changes into a new image named `name` (default
     /// `runbox-snapshot/<id>:latest`) on top of its image. The sandbox ends: its
     /// processes are killed first, so nothing changes while it is read. Start
@@ -444,7 +457,10 @@ impl Engine {
         let name = name.map_or_else(|| format!("runbox-snapshot/{id}:latest"), str::to_owned);
         let record = entry.record.clone();
         let limits = entry.limits;
-        let config = record.config.clone();
+        let mut config = record.config.clone();
+        config
+            .labels
+            .insert(SANDBOX_SNAPSHOT_LABEL.into(), id.to_owned());
         let t0 = Instant::now();
         let frozen = entry.sandbox.freeze()?;
         let made = self.commit_layer(&frozen, &name, &record, Vec::new(), config, &limits)?;

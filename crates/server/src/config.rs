@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub sandbox_idle_timeout: Duration,
     /// Execs into live sandboxes running at once; more wait. Default 8.
     pub max_execs: usize,
+    /// Images made by sandbox snapshots the store may hold; past it a snapshot
+    /// gets 429 until an admin removes some (`runbox image rm`). Default 64.
+    pub max_snapshots: usize,
     /// Warm instances kept per system. Default 2.
     pub pool_size: usize,
     /// Queries one warm instance answers at once; more wait. Default 2.
@@ -107,6 +110,7 @@ impl ServerConfig {
             max_sandboxes_per_client: 4,
             sandbox_idle_timeout: Duration::from_secs(600),
             max_execs: 8,
+            max_snapshots: 64,
             pool_size: 2,
             queries_per_instance: 2,
             query_timeout: Duration::from_secs(30),

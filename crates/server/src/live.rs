@@ -223,13 +223,16 @@ pub async fn get_file(
 #[utoipa::path(post, path = "/api/sandboxes/{id}/snapshot", params(("id" = String, Path)),
     request_body = SnapshotRequest,
     responses((status = 201, body = SnapshotResponse), (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+        (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 429, body = ErrorResponse)))]
 pub async fn snapshot(
     State(s): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<SnapshotResponse>)> {
+    rate(&s, peer, &headers)?;
     client_sandbox(&s, &id)?;
     let (bytes, _permit) = s.bodies.read(&headers, body).await?;
     let req: SnapshotRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -245,6 +248,16 @@ pub async fn snapshot(
                 format!("naming a snapshot is for admins ({}); without a name it is runbox-snapshot/{id}:latest", e.message),
             )
         })?;
+    }
+    let engine = s.engine.clone();
+    let held = blocking(move || engine.sandbox_snapshots()).await?;
+    if held >= s.cfg.max_snapshots {
+        return Err(ApiError::new(
+            ErrorCode::TooManySandboxes,
+            format!(
+                "the store holds {held} sandbox snapshots, the server's --max-snapshots; an admin can remove some (runbox image rm NAME) and run gc"
+            ),
+        ));
     }
     let name = req
         .name
