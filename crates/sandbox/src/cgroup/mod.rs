@@ -33,6 +33,18 @@ pub enum JoinBy {
     SelfMove(Vec<std::os::fd::OwnedFd>),
 }
 
+impl JoinBy {
+    /// The `tasks` files the process writes itself into (v1), and the directory
+    /// to clone into (v2): one of the two is empty.
+    pub fn parts(&self) -> (&[std::os::fd::OwnedFd], Option<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::AsFd;
+        match self {
+            JoinBy::SelfMove(fds) => (fds, None),
+            JoinBy::CloneInto(dir) => (&[], Some(dir.as_fd())),
+        }
+    }
+}
+
 /// What a job's cgroup accounted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupStats {

@@ -19,22 +19,21 @@
 //! (no symbolic link followed): programs have run here and may have planted any.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
-use super::child::{self, EnterPlan, ProgramPlan};
+use super::child::{self, EnterPlan};
 use super::files::SandboxRoot;
 use super::supervise::{self, Leftovers, Pipes};
 use super::{
     cancelled_before_start, exec_failure, job_result, rlimits, CgroupGuard, ChildGuard, JobPipes,
-    NamespaceBackend, Start, Started,
+    NamespaceBackend, ProgramParts, Start, Started,
 };
-use crate::cgroup::{self, JoinBy};
+use crate::cgroup;
 use crate::plan::{JobPlan, PlannedInput};
 use crate::{user, FrozenLayer, JobEvents, LivePlan, NoEvents, Sandbox, SandboxError};
 
@@ -197,24 +196,7 @@ impl Sandbox for LiveSandbox {
         let map = b.cfg.id_map;
         let who = self.resolve_user(plan.user.as_ref())?;
         let (host_uid, host_gid) = (map.to_host(who.uid), map.to_host(who.gid));
-        let mut env = plan.env.clone();
-        env.entry("HOME".into())
-            .or_insert_with(|| who.home.clone().unwrap_or_else(|| plan.workdir.clone()));
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let exec = runbox_sys::exec::ExecArgs::new(&plan.argv, &env)
-            .map_err(|e| SandboxError::io("arguments", io::Error::other(e)))?;
-        let candidates: Vec<String> = plan.exec_candidates();
-        let candidates_c: Vec<CString> = candidates
-            .iter()
-            .filter_map(|c| CString::new(c.as_str()).ok())
-            .collect();
-        let groups: Vec<rustix::process::Gid> = who
-            .groups
-            .iter()
-            .map(|&g| rustix::process::Gid::from_raw(g))
-            .collect();
-        let workdir = CString::new(plan.workdir.as_str())
-            .map_err(|e| SandboxError::io("workdir", io::Error::other(e)))?;
+        let program = ProgramParts::new(plan, &who)?;
         let l = &plan.limits;
         let rlimits = rlimits(l);
 
@@ -247,25 +229,18 @@ impl Sandbox for LiveSandbox {
                 .create(&b.cgroup_name(&format!("{}.x{n}", self.id)), l)?,
         ));
         let join = cg.get().join_by()?;
-        let (cgroup_tasks, clone_into): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &join {
-            JoinBy::SelfMove(fds) => (fds, None),
-            JoinBy::CloneInto(dir) => (&[], Some(dir.as_fd())),
-        };
+        let (cgroup_tasks, clone_into) = join.parts();
         let enter = EnterPlan {
             sync: sync_child.as_fd(),
-            prog: ProgramPlan {
-                err: err_w.as_fd(),
-                stdin: stdin_r.as_fd(),
-                stdout: stdout_w.as_fd(),
-                stderr: stderr_w.as_fd(),
-                uid: who.uid,
-                gid: who.gid,
-                groups: &groups,
-                workdir: &workdir,
-                exec: &exec,
-                candidates: &candidates_c,
-                parent_pid: 0,
-            },
+            prog: program.plan(
+                [
+                    err_w.as_fd(),
+                    stdin_r.as_fd(),
+                    stdout_w.as_fd(),
+                    stderr_w.as_fd(),
+                ],
+                0,
+            ),
             target: self.init.pidfd.as_fd(),
             cgroup_ns: self.cgroup_ns.as_fd(),
             cgroup_tasks,
@@ -306,7 +281,7 @@ impl Sandbox for LiveSandbox {
         )?;
         waiter.reaped = true;
         if let Some(ce) = outcome.child_error {
-            return Err(exec_failure(&plan.argv[0], &candidates, ce));
+            return Err(exec_failure(&plan.argv[0], &program.candidates, ce));
         }
         let stats = cg.get().stats()?;
         let mut budget = l.output_files_bytes;

@@ -51,7 +51,7 @@ use rustix::process::{pidfd_send_signal, waitid, Resource, Signal, WaitId, WaitI
 use self::child::{ChildError, ChildPlan, Marks, ProgramPlan, Stage, GO};
 use self::files::SandboxRoot;
 use self::supervise::{decide, Exit, Pipes};
-use crate::cgroup::{self, Cgroups, JobCgroup, JoinBy};
+use crate::cgroup::{self, Cgroups, JobCgroup};
 use crate::plan::JobPlan;
 use crate::{user, Backend, JobEvents, SandboxError};
 
@@ -260,6 +260,69 @@ enum Start {
     Cancelled(Box<JobResult>),
 }
 
+/// What starting the program needs, built before the fork (the child may not
+/// allocate): argv and env (HOME defaulted), the paths to try for argv[0], the
+/// user's ids and groups, the working directory.
+struct ProgramParts {
+    uid: u32,
+    gid: u32,
+    exec: ExecArgs,
+    /// Paths to try for argv[0], in PATH order (also for the error when none runs).
+    candidates: Vec<String>,
+    candidates_c: Vec<CString>,
+    groups: Vec<rustix::process::Gid>,
+    workdir: CString,
+}
+
+impl ProgramParts {
+    fn new(plan: &JobPlan, who: &user::ResolvedUser) -> Result<ProgramParts, SandboxError> {
+        let mut env = plan.env.clone();
+        env.entry("HOME".into())
+            .or_insert_with(|| who.home.clone().unwrap_or_else(|| plan.workdir.clone()));
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let exec = ExecArgs::new(&plan.argv, &env)
+            .map_err(|e| SandboxError::io("arguments", io::Error::other(e)))?;
+        let candidates = plan.exec_candidates();
+        let candidates_c = candidates
+            .iter()
+            .filter_map(|c| CString::new(c.as_str()).ok())
+            .collect();
+        Ok(ProgramParts {
+            uid: who.uid,
+            gid: who.gid,
+            exec,
+            candidates,
+            candidates_c,
+            groups: who
+                .groups
+                .iter()
+                .map(|&g| rustix::process::Gid::from_raw(g))
+                .collect(),
+            workdir: CString::new(plan.workdir.as_str())
+                .map_err(|e| SandboxError::io("workdir", io::Error::other(e)))?,
+        })
+    }
+
+    /// The child's plan for the program, over the child's ends of the job's pipes
+    /// (`[err, stdin, stdout, stderr]`).
+    fn plan<'a>(&'a self, fds: [BorrowedFd<'a>; 4], parent_pid: i32) -> ProgramPlan<'a> {
+        let [err, stdin, stdout, stderr] = fds;
+        ProgramPlan {
+            err,
+            stdin,
+            stdout,
+            stderr,
+            uid: self.uid,
+            gid: self.gid,
+            groups: &self.groups,
+            workdir: &self.workdir,
+            exec: &self.exec,
+            candidates: &self.candidates_c,
+            parent_pid,
+        }
+    }
+}
+
 /// A sandbox set up and told to go.
 struct Started {
     pid: i32,
@@ -411,24 +474,9 @@ impl NamespaceBackend {
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "user resolved");
         let map = self.cfg.id_map;
         let (host_uid, host_gid) = (map.to_host(who.uid), map.to_host(who.gid));
-        let mut env = plan.env.clone();
-        env.entry("HOME".into())
-            .or_insert_with(|| who.home.clone().unwrap_or_else(|| plan.workdir.clone()));
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
         // Everything the child needs, built now: it may not allocate.
-        let exec = ExecArgs::new(&plan.argv, &env)
-            .map_err(|e| SandboxError::io("arguments", io::Error::other(e)))?;
-        let candidates: Vec<String> = plan.exec_candidates();
-        let candidates_c: Vec<CString> = candidates
-            .iter()
-            .filter_map(|c| CString::new(c.as_str()).ok())
-            .collect();
-        let groups: Vec<rustix::process::Gid> = who
-            .groups
-            .iter()
-            .map(|&g| rustix::process::Gid::from_raw(g))
-            .collect();
+        let program = ProgramParts::new(plan, &who)?;
         let lower = if img.layers.is_empty() {
             self.empty_layer.clone()
         } else {
@@ -469,8 +517,6 @@ impl NamespaceBackend {
             "127.0.0.1\tlocalhost {h}\n::1\tlocalhost ip6-localhost ip6-loopback {h}\n",
             h = plan.hostname
         );
-        let workdir = CString::new(plan.workdir.as_str())
-            .map_err(|e| SandboxError::io("workdir", io::Error::other(e)))?;
         let rlimits = rlimits(l);
         let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
@@ -489,25 +535,18 @@ impl NamespaceBackend {
         ));
         let join = cg.get().join_by()?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup created");
-        let (cgroup_tasks, clone_into): (&[OwnedFd], Option<BorrowedFd<'_>>) = match &join {
-            JoinBy::SelfMove(fds) => (fds, None),
-            JoinBy::CloneInto(dir) => (&[], Some(dir.as_fd())),
-        };
+        let (cgroup_tasks, clone_into) = join.parts();
         let child_plan = ChildPlan {
             sync: sync_child.as_fd(),
-            prog: ProgramPlan {
-                err: err_w.as_fd(),
-                stdin: stdin_r.as_fd(),
-                stdout: stdout_w.as_fd(),
-                stderr: stderr_w.as_fd(),
-                uid: who.uid,
-                gid: who.gid,
-                groups: &groups,
-                workdir: &workdir,
-                exec: &exec,
-                candidates: &candidates_c,
-                parent_pid: 1,
-            },
+            prog: program.plan(
+                [
+                    err_w.as_fd(),
+                    stdin_r.as_fd(),
+                    stdout_w.as_fd(),
+                    stderr_w.as_fd(),
+                ],
+                1,
+            ),
             hold,
             cgroup_tasks,
             scratch: &self.scratch,
@@ -626,7 +665,7 @@ impl NamespaceBackend {
             root,
             t0,
             go,
-            candidates,
+            candidates: program.candidates,
             stdin_w,
             stdout_r,
             stderr_r,
