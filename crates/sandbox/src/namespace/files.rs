@@ -210,6 +210,15 @@ impl SandboxRoot {
         Ok(())
     }
 
+    /// Collects a job's declared outputs, in order, within its output-files limit.
+    pub(crate) fn collect_outputs(&self, plan: &crate::plan::JobPlan) -> Vec<OutputFile> {
+        let mut budget = plan.limits.output_files_bytes;
+        plan.outputs
+            .iter()
+            .flat_map(|o| self.collect(&o.requested, &o.path, &mut budget))
+            .collect()
+    }
+
     /// Collects the output at `path` (a file, or every regular file under a
     /// directory), reading at most `budget` bytes in total. Post-run rules.
     pub(crate) fn collect(&self, requested: &str, path: &str, budget: &mut u64) -> Vec<OutputFile> {

@@ -28,9 +28,9 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use super::child::{self, EnterPlan};
 use super::files::SandboxRoot;
-use super::supervise::{self, Leftovers, Pipes};
+use super::supervise::{self, Leftovers};
 use super::{
-    cancelled_before_start, exec_failure, job_result, rlimits, CgroupGuard, ChildGuard, JobPipes,
+    cancelled_before_start, exec_failure, job_pipes, job_result, rlimits, CgroupGuard, ChildGuard,
     NamespaceBackend, ProgramParts, Start, Started,
 };
 use crate::cgroup;
@@ -78,7 +78,7 @@ pub(super) fn create(
         child,
         cg,
         root: _,
-        sync_parent,
+        pipes,
         upper,
         ..
     } = s;
@@ -92,7 +92,7 @@ pub(super) fn create(
         stage: "opening the sandbox root",
         source: e,
     })?;
-    wait_held(&sync_parent, &child.pidfd, backend.cfg.setup_timeout)?;
+    wait_held(&pipes.sync, &child.pidfd, backend.cfg.setup_timeout)?;
     let cgroup_ns = rustix::fs::open(
         format!("/proc/{pid}/ns/cgroup").as_str(),
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -109,7 +109,7 @@ pub(super) fn create(
         pid,
         upper: Some(upper),
         root,
-        _sync: sync_parent,
+        _sync: pipes.sync,
         cgroup_ns,
         init: child,
         cg,
@@ -215,13 +215,7 @@ impl Sandbox for LiveSandbox {
                 })?;
         }
 
-        let JobPipes {
-            stdin: (stdin_r, stdin_w),
-            stdout: (stdout_r, stdout_w),
-            stderr: (stderr_r, stderr_w),
-            err: (err_r, err_w),
-            sync: (sync_parent, sync_child),
-        } = JobPipes::new()?;
+        let (pipes, ends) = job_pipes()?;
 
         let n = self.execs.fetch_add(1, Ordering::Relaxed);
         let cg = CgroupGuard(Some(
@@ -231,16 +225,8 @@ impl Sandbox for LiveSandbox {
         let join = cg.get().join_by()?;
         let (cgroup_tasks, clone_into) = join.parts();
         let enter = EnterPlan {
-            sync: sync_child.as_fd(),
-            prog: program.plan(
-                [
-                    err_w.as_fd(),
-                    stdin_r.as_fd(),
-                    stdout_w.as_fd(),
-                    stderr_w.as_fd(),
-                ],
-                0,
-            ),
+            sync: ends.sync.as_fd(),
+            prog: program.plan(&ends, 0),
             target: self.init.pidfd.as_fd(),
             cgroup_ns: self.cgroup_ns.as_fd(),
             cgroup_tasks,
@@ -258,16 +244,10 @@ impl Sandbox for LiveSandbox {
             pidfd,
             reaped: false,
         };
-        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, join));
+        drop((ends, join));
         let outcome = supervise::supervise(
             &waiter.pidfd,
-            Pipes {
-                stdin: Some(stdin_w),
-                stdout: stdout_r,
-                stderr: stderr_r,
-                err: err_r,
-                sync: sync_parent,
-            },
+            pipes,
             &plan.stdin,
             l,
             cg.get(),
@@ -284,11 +264,7 @@ impl Sandbox for LiveSandbox {
             return Err(exec_failure(&plan.argv[0], &program.candidates, ce));
         }
         let stats = cg.get().stats()?;
-        let mut budget = l.output_files_bytes;
-        let mut outputs = Vec::new();
-        for o in &plan.outputs {
-            outputs.extend(self.root.collect(&o.requested, &o.path, &mut budget));
-        }
+        let outputs = self.root.collect_outputs(plan);
         if keep_running && outcome.killed.is_none() {
             let moved = cgroup::move_procs(cg.get(), self.cg.get())?;
             tracing::debug!(sandbox = %self.id, moved, "processes kept running");

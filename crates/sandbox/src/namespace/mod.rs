@@ -35,7 +35,7 @@ pub use live::LiveSandbox;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -303,15 +303,13 @@ impl ProgramParts {
         })
     }
 
-    /// The child's plan for the program, over the child's ends of the job's pipes
-    /// (`[err, stdin, stdout, stderr]`).
-    fn plan<'a>(&'a self, fds: [BorrowedFd<'a>; 4], parent_pid: i32) -> ProgramPlan<'a> {
-        let [err, stdin, stdout, stderr] = fds;
+    /// The child's plan for the program, over the child's ends of the job's pipes.
+    fn plan<'a>(&'a self, ends: &'a ChildEnds, parent_pid: i32) -> ProgramPlan<'a> {
         ProgramPlan {
-            err,
-            stdin,
-            stdout,
-            stderr,
+            err: ends.err.as_fd(),
+            stdin: ends.stdin.as_fd(),
+            stdout: ends.stdout.as_fd(),
+            stderr: ends.stderr.as_fd(),
             uid: self.uid,
             gid: self.gid,
             groups: &self.groups,
@@ -332,11 +330,8 @@ struct Started {
     t0: Instant,
     go: Instant,
     candidates: Vec<String>,
-    stdin_w: OwnedFd,
-    stdout_r: OwnedFd,
-    stderr_r: OwnedFd,
-    err_r: OwnedFd,
-    sync_parent: OwnedFd,
+    /// runbox's ends of the job's pipes.
+    pipes: Pipes,
     /// A live sandbox's writable layer (the overlay's upper directory).
     upper: Option<OwnedFd>,
 }
@@ -388,41 +383,54 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The pipes between runbox and a job's process (read end, write end) and the sync
-/// socket (runbox's end, the child's end), all close-on-exec and numbered 3 or
-/// above.
-struct JobPipes {
-    stdin: (OwnedFd, OwnedFd),
-    stdout: (OwnedFd, OwnedFd),
-    stderr: (OwnedFd, OwnedFd),
-    err: (OwnedFd, OwnedFd),
-    sync: (OwnedFd, OwnedFd),
+/// The child's ends of a job's pipes and sync socket (runbox's ends are a
+/// [`Pipes`]), closed in runbox once the child has them.
+struct ChildEnds {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    err: OwnedFd,
+    sync: OwnedFd,
 }
 
-impl JobPipes {
-    fn new() -> Result<JobPipes, SandboxError> {
-        let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
-            let (r, w) = pipe_with(PipeFlags::CLOEXEC)
-                .map_err(|e| SandboxError::io("creating a pipe", e))?;
-            Ok((
-                above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
-                above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
-            ))
-        };
-        Ok(JobPipes {
-            stdin: pipe()?,
-            stdout: pipe()?,
-            stderr: pipe()?,
-            err: pipe()?,
-            sync: socketpair(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .map_err(|e| SandboxError::io("creating a socket pair", e))?,
-        })
-    }
+/// The pipes between runbox and a job's process and the sync socket, all
+/// close-on-exec and numbered 3 or above: runbox's ends and the child's.
+fn job_pipes() -> Result<(Pipes, ChildEnds), SandboxError> {
+    let pipe = || -> Result<(OwnedFd, OwnedFd), SandboxError> {
+        let (r, w) =
+            pipe_with(PipeFlags::CLOEXEC).map_err(|e| SandboxError::io("creating a pipe", e))?;
+        Ok((
+            above_stdio(r).map_err(|e| SandboxError::io("pipe", e))?,
+            above_stdio(w).map_err(|e| SandboxError::io("pipe", e))?,
+        ))
+    };
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (sync_parent, sync_child) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| SandboxError::io("creating a socket pair", e))?;
+    Ok((
+        Pipes {
+            stdin: Some(stdin_w),
+            stdout: stdout_r,
+            stderr: stderr_r,
+            err: err_r,
+            sync: sync_parent,
+        },
+        ChildEnds {
+            stdin: stdin_r,
+            stdout: stdout_w,
+            stderr: stderr_w,
+            err: err_w,
+            sync: sync_child,
+        },
+    ))
 }
 
 /// Moves a descriptor to 3 or above, so the child's dup2 onto 0-2 cannot clobber it.
@@ -521,13 +529,7 @@ impl NamespaceBackend {
         let layers_dir = CString::new(img.layers_dir.as_os_str().as_encoded_bytes())
             .map_err(|e| SandboxError::io("layers path", io::Error::other(e)))?;
 
-        let JobPipes {
-            stdin: (stdin_r, stdin_w),
-            stdout: (stdout_r, stdout_w),
-            stderr: (stderr_r, stderr_w),
-            err: (err_r, err_w),
-            sync: (sync_parent, sync_child),
-        } = JobPipes::new()?;
+        let (pipes, ends) = job_pipes()?;
 
         // The child joins its cgroup without waiting (see `JoinBy`).
         let cg = CgroupGuard(Some(
@@ -537,16 +539,8 @@ impl NamespaceBackend {
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup created");
         let (cgroup_tasks, clone_into) = join.parts();
         let child_plan = ChildPlan {
-            sync: sync_child.as_fd(),
-            prog: program.plan(
-                [
-                    err_w.as_fd(),
-                    stdin_r.as_fd(),
-                    stdout_w.as_fd(),
-                    stderr_w.as_fd(),
-                ],
-                1,
-            ),
+            sync: ends.sync.as_fd(),
+            prog: program.plan(&ends, 1),
             hold,
             cgroup_tasks,
             scratch: &self.scratch,
@@ -578,18 +572,18 @@ impl NamespaceBackend {
             us = t0.elapsed().as_micros() as u64,
             "sandbox process forked"
         );
-        drop((stdin_r, stdout_w, stderr_w, err_w, sync_child, join));
+        drop((ends, join));
 
         let netns = netns_ticket.wait().map_err(|e| SandboxError::Setup {
             stage: "creating the network namespace",
             source: e,
         })?;
-        send_netns(&sync_parent, &netns)?;
+        send_netns(&pipes.sync, &netns)?;
         drop(netns);
         // Wait for READY (or the child's death, with its reason on the error pipe).
         let Some((marks, upper)) = wait_ready(
-            &sync_parent,
-            &err_r,
+            &pipes.sync,
+            &pipes.err,
             &child.pidfd,
             self.cfg.setup_timeout,
             events,
@@ -647,10 +641,10 @@ impl NamespaceBackend {
                 plan, t0, at,
             ))));
         }
-        if let Err(e) = rustix::io::write(&sync_parent, &[GO]) {
+        if let Err(e) = rustix::io::write(&pipes.sync, &[GO]) {
             // The child died after READY: its error pipe says why.
             return Err(
-                child_failure(&err_r).unwrap_or_else(|| setup_err("starting the program")(e))
+                child_failure(&pipes.err).unwrap_or_else(|| setup_err("starting the program")(e))
             );
         }
         let go = Instant::now();
@@ -666,11 +660,7 @@ impl NamespaceBackend {
             t0,
             go,
             candidates: program.candidates,
-            stdin_w,
-            stdout_r,
-            stderr_r,
-            err_r,
-            sync_parent,
+            pipes,
             upper,
         }))
     }
@@ -702,24 +692,14 @@ impl Backend for NamespaceBackend {
             t0,
             go,
             candidates,
-            stdin_w,
-            stdout_r,
-            stderr_r,
-            err_r,
-            sync_parent,
+            pipes,
             upper: _,
         } = s;
         let l = &plan.limits;
 
         let outcome = supervise::supervise(
             &child.pidfd,
-            Pipes {
-                stdin: Some(stdin_w),
-                stdout: stdout_r,
-                stderr: stderr_r,
-                err: err_r,
-                sync: sync_parent,
-            },
+            pipes,
             &plan.stdin,
             l,
             cg.get(),
@@ -734,11 +714,7 @@ impl Backend for NamespaceBackend {
             return Err(exec_failure(&plan.argv[0], &candidates, ce));
         }
         let stats = cg.get().stats()?;
-        let mut budget = l.output_files_bytes;
-        let mut outputs = Vec::new();
-        for o in &plan.outputs {
-            outputs.extend(root.collect(&o.requested, &o.path, &mut budget));
-        }
+        let outputs = root.collect_outputs(plan);
         // The last reference to the sandbox's overlay and tmpfs: closing it frees them.
         drop(root);
         cg.remove_empty();
