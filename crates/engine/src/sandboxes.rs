@@ -295,18 +295,27 @@ impl Engine {
                 "argv is empty: give the command to run".into(),
             ));
         }
-        let plan = plan(
-            new_job_id(),
-            spec.to_job_spec(&entry.image_name),
-            entry.run_image.clone(),
-            &self.cfg.base_limits,
-            &self.cfg.policy,
-        )?;
+        let plan = self.plan_in(entry, spec.to_job_spec(&entry.image_name))?;
         entry.running.fetch_add(1, Ordering::SeqCst);
         entry.execs.fetch_add(1, Ordering::SeqCst);
         let _running = Running(entry);
         entry.touch();
         Ok(entry.sandbox.exec(&plan, spec.keep_running, events)?)
+    }
+
+    /// Plans `spec` against the sandbox's image and this engine's limits and policy.
+    fn plan_in(
+        &self,
+        entry: &Entry,
+        spec: JobSpec,
+    ) -> Result<runbox_sandbox::plan::JobPlan, EngineError> {
+        Ok(plan(
+            new_job_id(),
+            spec,
+            entry.run_image.clone(),
+            &self.cfg.base_limits,
+            &self.cfg.policy,
+        )?)
     }
 
     /// Writes a file into a live sandbox (relative paths under the image's working
@@ -319,28 +328,21 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let entry = self.entry(id)?;
         entry.touch();
-        // Planned like a job's input: the same path rules and size limit.
-        let planned = plan(
-            new_job_id(),
+        // Planned like a job's input: the same path rules and size limit, and the
+        // owner is the job's user (the one asked for, else the image's).
+        let planned = self.plan_in(
+            &entry,
             JobSpec {
                 image: entry.image_name.clone(),
                 argv: Some(vec!["true".into()]),
-                user: user.clone(),
+                user,
                 inputs: vec![file],
                 ..Default::default()
             },
-            entry.run_image.clone(),
-            &self.cfg.base_limits,
-            &self.cfg.policy,
         )?;
-        let owner = match user {
-            Some(u) => Some(
-                runbox_sandbox::user::UserSpec::parse(&u)
-                    .map_err(runbox_sandbox::SandboxError::User)?,
-            ),
-            None => planned.user.clone(),
-        };
-        Ok(entry.sandbox.put_file(&planned.inputs[0], owner.as_ref())?)
+        Ok(entry
+            .sandbox
+            .put_file(&planned.inputs[0], planned.user.as_ref())?)
     }
 
     /// Reads a file (or every file under a directory) from a live sandbox, up to the
@@ -348,17 +350,14 @@ impl Engine {
     pub fn get_sandbox_file(&self, id: &str, path: &str) -> Result<Vec<OutputFile>, EngineError> {
         let entry = self.entry(id)?;
         entry.touch();
-        let planned = plan(
-            new_job_id(),
+        let planned = self.plan_in(
+            &entry,
             JobSpec {
                 image: entry.image_name.clone(),
                 argv: Some(vec!["true".into()]),
                 outputs: vec![path.to_owned()],
                 ..Default::default()
             },
-            entry.run_image.clone(),
-            &self.cfg.base_limits,
-            &self.cfg.policy,
         )?;
         let mut files = entry.sandbox.get_file(
             &planned.outputs[0].path,
