@@ -51,7 +51,7 @@ pub fn run(data_dir: &Path, catalog: Option<&Path>, cmd: SystemCommand) -> anyho
                 .systems()
                 .map(|s| {
                     let fp = engine.fingerprint(s);
-                    let rec = engine.snapshot_record(s).ok().flatten();
+                    let rec = fp.as_deref().ok().and_then(|f| engine.snapshot_record(f));
                     SystemRow {
                         id: s.id.clone(),
                         name: s.name.clone(),

@@ -821,12 +821,11 @@ impl Engine {
         st.len()
     }
 
-    /// The snapshot record for the system's current fingerprint, if one is stored
-    /// (not verified).
-    pub fn snapshot_record(&self, system: &System) -> Result<Option<SnapshotRecord>, EngineError> {
-        let fp = self.fingerprint(system)?;
-        Ok(std::fs::read(self.record_path(&fp))
+    /// The snapshot record stored for a fingerprint ([`Engine::fingerprint`]), if
+    /// any (not verified).
+    pub fn snapshot_record(&self, fingerprint: &str) -> Option<SnapshotRecord> {
+        std::fs::read(self.record_path(fingerprint))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()))
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 }

@@ -293,14 +293,10 @@ fn system_info(s: &AppState, system: &runbox_catalog::System) -> SystemInfo {
             size: d.size,
         })
         .collect();
-    let (fingerprint, snapshot) = if ready {
-        (
-            s.engine.fingerprint(system).ok(),
-            s.engine.snapshot_record(system).ok().flatten(),
-        )
-    } else {
-        (None, None)
-    };
+    let fingerprint = ready.then(|| s.engine.fingerprint(system).ok()).flatten();
+    let snapshot = fingerprint
+        .as_deref()
+        .and_then(|fp| s.engine.snapshot_record(fp));
     SystemInfo {
         id: system.id.clone(),
         name: system.name.clone(),
